@@ -1,0 +1,85 @@
+"""
+Checks of the merged mail formula settings (defaults < OS parameters < pillar).
+
+The mail states call the ``mailfleet_config.valid`` state first, with ``failhard``, so a
+bad pillar stops the run before any config file is touched: the services keep their last
+good configuration and the error names the pillar key.
+"""
+import re
+
+__virtualname__ = "mailfleet_config"
+
+SUPPORTED_DOVECOT = ("2.3", "2.4")
+SUPPORTED_OS = ("Debian", "FreeBSD")
+REQUIRED = (
+    ("tls", "contact"),
+    ("db", "postfix_password"),
+    ("db", "dovecot_password"),
+    ("db", "sync_password"),
+)
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+FQDN = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _port(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def problems(cfg):
+    """
+    Return a list of "pillar key: what is wrong" strings; empty when the settings are usable.
+
+    Pure function of the merged settings dict (no Salt needed), so it is unit-tested.
+    """
+    out = []
+    if cfg.get("os_family_grain") not in SUPPORTED_OS:
+        out.append(f"grains:os_family: {cfg.get('os_family_grain')!r} is not supported "
+                   f"(supported: {', '.join(SUPPORTED_OS)})")
+    for section, key in REQUIRED:
+        if not (cfg.get(section) or {}).get(key):
+            out.append(f"mailfleet:{section}:{key}: required, missing or empty")
+    contact = (cfg.get("tls") or {}).get("contact")
+    if contact and not EMAIL.match(str(contact)):
+        out.append(f"mailfleet:tls:contact: {contact!r} is not an e-mail address")
+    host = cfg.get("host") or {}
+    for key in ("myhostname", "mydomain"):
+        if host.get(key) and not FQDN.match(str(host[key])):
+            out.append(f"mailfleet:host:{key}: {host[key]!r} is not a fully qualified name")
+    if not _port(host.get("ssh_port")):
+        out.append(f"mailfleet:host:ssh_port: {host.get('ssh_port')!r} is not a port (1-65535)")
+    for i, port in enumerate(host.get("extra_tcp_ports") or []):
+        if not _port(port):
+            out.append(f"mailfleet:host:extra_tcp_ports:{i}: {port!r} is not a port (1-65535)")
+    for key in ("postscreen", "submissions", "reject_unknown_helo_hostname", "helo_required"):
+        if not isinstance(host.get(key), bool):
+            out.append(f"mailfleet:host:{key}: must be true or false, not {host.get(key)!r}")
+    for i, net in enumerate(host.get("mynetworks_extra") or []):
+        if not re.match(r"^[0-9a-fA-F:.\[\]]+/\d{1,3}$", str(net)):
+            out.append(f"mailfleet:host:mynetworks_extra:{i}: {net!r} is not a network (CIDR)")
+    major = str((cfg.get("lookup") or {}).get("dovecot_major"))
+    if major not in SUPPORTED_DOVECOT:
+        out.append(f"mailfleet:lookup:dovecot_major: Dovecot {major} is not supported "
+                   f"(supported: {', '.join(SUPPORTED_DOVECOT)})")
+    limit = host.get("message_size_limit")
+    if not isinstance(limit, int) or limit < 1024:
+        out.append(f"mailfleet:host:message_size_limit: {limit!r} must be a byte count >= 1024")
+    return out
+
+
+def check(cfg):
+    """
+    Check merged mail settings.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*mail*' mailfleet_config.check '{"host": {"ssh_port": 22}}'
+    """
+    errors = problems(cfg)
+    return {"valid": not errors, "problems": errors}

@@ -1,0 +1,403 @@
+"""Bring the lab fleet up, down, report it, and run commands inside its hosts."""
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import config, image, net, pki, zones
+from .config import Host
+from .progress import Step, say
+
+STATE_FILE = config.STATE / "state.json"
+SALT_DIR = config.STATE / "salt"
+SHARED = config.STATE / "shared"
+GUEST = config.LAB_SRC / "guest"
+BOOT_TIMEOUT = 120
+VENV_BIN = Path(sys.executable).parent
+
+ROLE_UNITS = {  # units started by the role (systemd.wants on the guest's command line)
+    "dns": ["named.service"],
+    "acme": ["pebble.service"],
+    "mail": ["rsyslog.service", "salt-minion.service"],
+    "client": [],
+}
+ROLE_BOUND_UNITS = {"acme": ["pebble.service"], "mail": ["salt-minion.service"]}
+
+
+# ---------------------------------------------------------------- preflight
+
+def preflight(need_debootstrap: bool) -> None:
+    """One line naming what is missing, exit 2, nothing touched."""
+    if os.geteuid() != 0:
+        raise SystemExit("lab: must run as root (systemd-nspawn, bridges and nftables need it)")
+    tools = ["systemd-nspawn", "ip", "nft", "nsenter"] + (["debootstrap"] if need_debootstrap else [])
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise SystemExit(f"lab: missing {', '.join(missing)} (apt-get install systemd-container "
+                         f"debootstrap nftables iproute2 util-linux)")
+    if need_debootstrap:
+        url = f"{config.DEBIAN_MIRROR}/dists/{config.SUITE}/Release"
+        try:
+            urllib.request.urlopen(url, timeout=15).close()
+        except OSError as err:
+            raise SystemExit(f"lab: Debian mirror unreachable ({url}: {err})")
+
+
+# ---------------------------------------------------------------- state
+
+def load_state() -> dict | None:
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def save_state(state: dict) -> None:
+    tmp = STATE_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(STATE_FILE)
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie or a reused pid is not our process
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _init_pid(nspawn_pid: int) -> int | None:
+    """The guest's PID 1 as seen from here: a child of nspawn whose innermost pid is 1."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        nspid = fields.get("NSpid", "").split()
+        if fields.get("PPid", "").strip() == str(nspawn_pid) and len(nspid) > 1 and nspid[-1] == "1":
+            return int(nspid[0])
+    return None
+
+
+def _machine_pids() -> dict[str, int]:
+    """nspawn processes of this lab found by their exact machine names (state lost)."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith(b"systemd-nspawn"):
+            continue
+        for arg in argv:
+            if arg.startswith(b"--machine=" + config.MACHINE_PREFIX.encode()):
+                found[arg.split(b"=", 1)[1].decode()] = int(cmdline.parent.name)
+    return found
+
+
+# ---------------------------------------------------------------- exec
+
+def guest_argv(init_pid: int, argv: list[str]) -> list[str]:
+    return ["nsenter", "-t", str(init_pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
+            "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME=/root", "LANG=C.UTF-8", *argv]
+
+
+def host_pid(name: str) -> int:
+    state = load_state()
+    if not state or name not in state["hosts"]:
+        raise SystemExit(f"lab: no running host {name!r} (is the lab up? `make lab-status`)")
+    return state["hosts"][name]["init_pid"]
+
+
+def run_in(name: str, argv: list[str], *, input: str | None = None, timeout: float = 120,
+           check: bool = False) -> subprocess.CompletedProcess:
+    """Run argv inside lab host `name` (all its namespaces), capture text output."""
+    return subprocess.run(guest_argv(host_pid(name), argv), input=input, capture_output=True,
+                          text=True, timeout=timeout, check=check)
+
+
+# ---------------------------------------------------------------- up
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _prepare(fleet: list[Host]) -> None:
+    """Per-host folders (bound read-only at /etc/mailfleet-lab), keys, zones, master config."""
+    if config.STATE.exists():
+        shutil.rmtree(config.STATE)
+    (SHARED / "ca").mkdir(parents=True)
+    secret = pki.tsig_secret()
+    _write(config.STATE / "tsig.key", zones.tsig_keyfile(secret), 0o600)
+    master_pki = SALT_DIR / "pki" / "master"
+    pki.salt_keypair(master_pki, "master")
+    (master_pki / "minions").mkdir()
+    for sub in ("minions_pre", "minions_rejected", "minions_denied"):
+        (master_pki / sub).mkdir()
+    for host in fleet:
+        hdir = config.STATE / "hosts" / host.name
+        (hdir / "shared").mkdir(parents=True)
+        shutil.copy(GUEST / "init.sh", hdir / "init.sh")
+        _write(hdir / "host.env", "\n".join([
+            f"ROLE={host.role}", f"NAME={host.name}", f"FQDN={host.fqdn}", f"IP={host.ip}",
+            "PREFIXLEN=24", f"NAMESERVER={config.NET_PREFIX}.2", f"DOMAIN={config.DOMAIN}"]) + "\n")
+        if host.role == "dns":
+            all_zones = zones.zones(fleet)
+            _write(hdir / "bind" / "named.conf", zones.named_conf(sorted(all_zones), secret), 0o640)
+            for zname, text in all_zones.items():
+                _write(hdir / "bind" / f"{zname}.zone", text)
+        elif host.role == "acme":
+            pki.listener_ca_and_leaf(hdir / "pebble", host.fqdn, host.ip)
+            shutil.copy(hdir / "pebble" / "listener-ca.pem", SHARED / "ca" / "listener-ca.pem")
+            _write(hdir / "pebble" / "pebble-config.json", json.dumps({"pebble": {
+                "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
+                "certificate": "/etc/mailfleet-lab/pebble/cert.pem",
+                "privateKey": "/etc/mailfleet-lab/pebble/key.pem",
+                "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "",
+                "externalAccountBindingRequired": False}}, indent=2))
+        elif host.role == "mail":
+            sdir = hdir / "salt"
+            pki.salt_keypair(sdir / "pki", "minion")
+            shutil.copy(master_pki / "master.pub", sdir / "pki" / "minion_master.pub")
+            shutil.copy(sdir / "pki" / "minion.pub", master_pki / "minions" / host.fqdn)
+            _write(sdir / "minion", f"master: {config.MASTER_IP}\nid: {host.fqdn}\n"
+                                    f"pki_dir: /etc/salt/pki/minion\nlog_level_logfile: info\n")
+            (sdir / "minion.d").mkdir()
+            for conf in (config.REPO / "config" / "minion.d").glob("*.conf"):
+                shutil.copy(conf, sdir / "minion.d" / conf.name)
+    _write(SALT_DIR / "master", master_config())
+
+
+def master_config() -> str:
+    s, r = SALT_DIR, config.REPO
+    return "\n".join([
+        "# Written by the lab (lab/mflab/fleet.py); the project's settings are in config/master.d.",
+        f"interface: {config.MASTER_IP}", "user: root",
+        f"pki_dir: {s}/pki/master", f"cachedir: {s}/cache", f"sock_dir: {s}/sock",
+        f"pidfile: {s}/salt-master.pid", f"log_file: {s}/master.log", f"key_logfile: {s}/key.log",
+        "log_level_logfile: info", "auto_accept: False",
+        "file_roots:", "  base:", f"    - {r}/salt",
+        "pillar_roots:", "  base:", f"    - {r}/pillar",
+        f"mailfleet_tsig_keyfile: {config.STATE}/tsig.key",
+        f"mailfleet_lab_ca: {SHARED}/lab-ca.pem",
+        f"include: {r}/config/master.d/*.conf", ""])
+
+
+def _boot(host: Host, img: Path) -> int:
+    hdir = config.STATE / "hosts" / host.name
+    argv = ["systemd-nspawn", "-q", "-D", str(img), "--boot", "--register=no", "--keep-unit",
+            "--volatile=overlay", f"--network-bridge={config.BRIDGE}", f"--machine={host.machine}",
+            f"--hostname={host.fqdn}", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+            "--console=read-only",
+            f"--bind-ro={hdir}:/etc/mailfleet-lab", f"--bind-ro={SHARED}:/etc/mailfleet-lab/shared"]
+    for unit in ["mailfleet-lab-init.service"] + ROLE_BOUND_UNITS.get(host.role, []):
+        argv.append(f"--bind-ro={GUEST}/units/{unit}:/etc/systemd/system/{unit}")
+    argv.append("systemd.wants=mailfleet-lab-init.service")
+    argv += [f"systemd.wants={u}" for u in ROLE_UNITS[host.role]]
+    if host.role != "mail":
+        argv += [f"systemd.mask={u}" for u in config.MAIL_ONLY_UNITS]
+    if host.role != "dns":
+        argv.append("systemd.mask=named.service")
+    log = open(config.STATE / f"console-{host.name}.log", "wb")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return proc.pid
+
+
+def _wait_booted(host: Host, nspawn_pid: int) -> int:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    init = None
+    while time.monotonic() < deadline:
+        if not alive(nspawn_pid):
+            log = (config.STATE / f"console-{host.name}.log").read_text(errors="replace")
+            raise RuntimeError(f"{host.name}: systemd-nspawn exited during boot:\n{log[-2000:]}")
+        init = init or _init_pid(nspawn_pid)
+        if init:
+            out = subprocess.run(guest_argv(init, ["systemctl", "is-system-running"]),
+                                 capture_output=True, text=True).stdout.strip()
+            if out in ("running", "degraded"):
+                failed = [u for u in ["mailfleet-lab-init.service"] + ROLE_UNITS[host.role]
+                          if subprocess.run(guest_argv(init, ["systemctl", "is-active", "-q", u])).returncode]
+                if failed:
+                    status = subprocess.run(guest_argv(init, ["systemctl", "status", "--no-pager", *failed]),
+                                            capture_output=True, text=True).stdout
+                    raise RuntimeError(f"{host.name}: {', '.join(failed)} not active:\n{status[-2000:]}")
+                return init
+        time.sleep(0.5)
+    raise RuntimeError(f"{host.name}: not booted within {BOOT_TIMEOUT}s")
+
+
+def _boot_all(batch: list[Host], img: Path, state: dict) -> None:
+    with Step(f"booting {', '.join(h.name for h in batch)}"):
+        pids = {h.name: _boot(h, img) for h in batch}
+        for h in batch:
+            state["hosts"][h.name] = {"nspawn_pid": pids[h.name], "init_pid": None,
+                                      "ip": h.ip, "role": h.role, "fqdn": h.fqdn}
+        save_state(state)
+        with ThreadPoolExecutor(len(batch)) as pool:
+            inits = dict(zip(pids, pool.map(lambda h: _wait_booted(h, pids[h.name]), batch)))
+        for name, init in inits.items():
+            state["hosts"][name]["init_pid"] = init
+        save_state(state)
+
+
+def _fetch_lab_ca(acme: Host) -> None:
+    """Pebble regenerates its issuing root at every start: fetch it once Pebble answers."""
+    listener_ca = SHARED / "ca" / "listener-ca.pem"
+    ctx = ssl.create_default_context(cafile=str(listener_ca))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"https://{acme.ip}:15000/roots/0", context=ctx, timeout=5) as r:
+                root = r.read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    _write(SHARED / "ca" / "pebble-root.pem", root)
+    _write(SHARED / "lab-ca.pem", listener_ca.read_text() + root)
+
+
+def _start_master() -> int:
+    log = open(SALT_DIR / "master-stdout.log", "wb")
+    proc = subprocess.Popen([str(VENV_BIN / "salt-master"), "-c", str(SALT_DIR)],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return proc.pid
+
+
+def wait_minions(minions: list[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(minions)
+    while pending:
+        out = subprocess.run([str(VENV_BIN / "salt"), "-c", str(SALT_DIR), "--out=json", "--static",
+                              "-t", "10", "-L", ",".join(sorted(pending)), "test.ping"],
+                             capture_output=True, text=True)
+        try:
+            answered = {k for k, v in json.loads(out.stdout or "{}").items() if v is True}
+        except ValueError:
+            answered = set()
+        pending -= answered
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"minions did not answer test.ping: {sorted(pending)}\n{out.stderr[-1500:]}")
+
+
+def is_up() -> bool:
+    state = load_state()
+    return bool(state) and alive(state.get("master_pid")) and all(
+        alive(h["nspawn_pid"]) and alive(h["init_pid"]) for h in state["hosts"].values()) and \
+        len(state["hosts"]) == len(config.hosts(state.get("mail_hosts")))
+
+
+def up() -> None:
+    if is_up():
+        say("the lab is already up; nothing changed")
+        status()
+        return
+    if load_state() or _machine_pids() or net.leftovers():
+        say("found a half-up lab; bringing it down first")
+        down()
+    preflight(need_debootstrap=not image.is_built())
+    t0 = time.monotonic()
+    img = image.build()
+    fleet = config.hosts()
+    try:
+        with Step("preparing keys, zones and configuration"):
+            _prepare(fleet)
+            net.up()
+            state = {"repo": str(config.REPO), "image": str(img), "mail_hosts": config.mail_count(),
+                     "hosts": {}, "master_pid": None}
+            state["master_pid"] = _start_master()
+            save_state(state)
+        infra = [h for h in fleet if h.role in ("dns", "acme")]
+        _boot_all(infra, img, state)
+        with Step("fetching the lab CA from Pebble"):
+            _fetch_lab_ca(next(h for h in fleet if h.role == "acme"))
+        _boot_all([h for h in fleet if h not in infra], img, state)
+        minions = [h.fqdn for h in fleet if h.role == "mail"]
+        with Step(f"waiting for {len(minions)} minions to answer the master"):
+            wait_minions(minions)
+    except BaseException as err:
+        say(f"lab up failed: {err}")
+        say("bringing the half-up lab down")
+        down()
+        raise SystemExit(1)
+    say(f"lab up in {time.monotonic() - t0:.1f}s")
+    status()
+
+
+# ---------------------------------------------------------------- down
+
+def _terminate(pids: list[int], grace: float) -> None:
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+
+
+def down() -> None:
+    t0 = time.monotonic()
+    state = load_state() or {"hosts": {}}
+    nspawns = {h["nspawn_pid"] for h in state["hosts"].values() if h.get("nspawn_pid")}
+    nspawns |= set(_machine_pids().values())
+    # Volatile hosts keep nothing: powering them off gracefully would only cost time.
+    inits = [h["init_pid"] for h in state["hosts"].values() if h.get("init_pid")]
+    inits += [p for p in (_init_pid(n) for n in nspawns) if p]
+    _terminate(inits, 0)
+    _terminate(sorted(nspawns), 5)
+    if state.get("master_pid"):
+        _terminate([state["master_pid"]], 10)
+    net.down()
+    if config.STATE.exists():
+        shutil.rmtree(config.STATE)
+    say(f"lab down in {time.monotonic() - t0:.1f}s")
+
+
+# ---------------------------------------------------------------- status
+
+def status(as_json: bool = False) -> int:
+    state = load_state()
+    if not state:
+        left = net.leftovers() + [f"nspawn {m}" for m in _machine_pids()]
+        if as_json:
+            print(json.dumps({"up": False, "leftovers": left}))
+        else:
+            say("the lab is down" + (f"; leftovers: {', '.join(left)}" if left else ""))
+        return 1
+    rows = [("master", "master", config.MASTER_IP, alive(state.get("master_pid")), state.get("master_pid"))]
+    rows += [(n, h["role"], h["ip"], alive(h["nspawn_pid"]) and alive(h["init_pid"]), h["init_pid"])
+             for n, h in state["hosts"].items()]
+    if as_json:
+        print(json.dumps({"up": all(r[3] for r in rows),
+                          "hosts": {r[0]: {"role": r[1], "ip": r[2], "running": r[3], "pid": r[4]}
+                                    for r in rows}}))
+    else:
+        print(f"{'host':<10} {'role':<8} {'address':<14} {'state':<8} pid")
+        for name, role, ip, ok, pid in rows:
+            print(f"{name:<10} {role:<8} {ip:<14} {'running' if ok else 'DOWN':<8} {pid}")
+    return 0 if all(r[3] for r in rows) else 1

@@ -1,0 +1,54 @@
+{%- from "mail/map.jinja" import mf with context %}
+{%- set L = mf.lookup %}
+include:
+  - mail.packages
+
+mailfleet-mariadb-config:
+  file.managed:
+    - name: {{ L.mariadb_conf }}
+    - mode: "0644"
+    - makedirs: True
+    - contents: |
+        # mailfleet: the database answers only this host.
+        [mysqld]
+        bind-address = 127.0.0.1
+        skip-name-resolve = 1
+        character-set-server = utf8mb4
+    - require:
+      - pkg: mailfleet-packages
+
+mailfleet-mariadb:
+  service.running:
+    - name: {{ L.mariadb_service }}
+    - enable: True
+    - watch:
+      - file: mailfleet-mariadb-config
+
+mailfleet-schema-file:
+  file.managed:
+    - name: /var/lib/mailfleet/postfixadmin-3.3.13.sql
+    - source: salt://mail/files/postfixadmin-3.3.13.sql
+    - mode: "0640"
+    - require:
+      - file: mailfleet-state-dir
+
+mailfleet-database:
+  mailfleet_db.database:
+    - name: {{ mf.db.name }}
+    - schema: /var/lib/mailfleet/postfixadmin-3.3.13.sql
+    - require:
+      - service: mailfleet-mariadb
+      - file: mailfleet-schema-file
+
+{#- Least privilege: Postfix and Dovecot only read; only the sync writes. #}
+{%- for role, privileges in [("postfix", ["SELECT"]), ("dovecot", ["SELECT"]),
+                             ("sync", ["SELECT", "INSERT", "UPDATE", "DELETE", "CREATE"])] %}
+mailfleet-db-user-{{ role }}:
+  mailfleet_db.user:
+    - name: {{ mf.db[role ~ "_user"] }}
+    - password: {{ mf.db[role ~ "_password"] | json }}
+    - database: {{ mf.db.name }}
+    - privileges: {{ privileges | json }}
+    - require:
+      - mailfleet_db: mailfleet-database
+{%- endfor %}

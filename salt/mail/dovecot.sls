@@ -1,0 +1,50 @@
+{%- from "mail/map.jinja" import mf with context %}
+{%- set L = mf.lookup %}
+include:
+  - mail.packages
+  - mail.database
+  - mail.tls
+
+{%- if mf.lookup.dovecot_major == "2.3" %}
+mailfleet-dovecot-sql:
+  file.managed:
+    - name: {{ L.dovecot_dir }}/dovecot-sql.conf.ext
+    - source: salt://mail/files/dovecot-sql.conf.ext.jinja
+    - template: jinja
+    - context:
+        mf: {{ mf | json }}
+    - user: root
+    - group: dovecot
+    - mode: "0640"
+    - require:
+      - pkg: mailfleet-packages
+    - watch_in:
+      - service: mailfleet-dovecot
+{%- endif %}
+
+mailfleet-dovecot-conf:
+  file.managed:
+    - name: {{ L.dovecot_dir }}/dovecot.conf
+    - source: salt://mail/files/dovecot-{{ mf.lookup.dovecot_major }}.conf.jinja
+    - template: jinja
+    - context:
+        mf: {{ mf | json }}
+    - user: root
+    - group: dovecot
+    {#- 2.4 keeps the SQL password in dovecot.conf itself #}
+    - mode: "{{ '0644' if mf.lookup.dovecot_major == '2.3' else '0640' }}"
+    - check_cmd: doveconf -n -c
+    - require:
+      - cmd: mailfleet-certificate
+      - pkg: mailfleet-packages
+    - watch_in:
+      - service: mailfleet-dovecot
+
+mailfleet-dovecot:
+  service.running:
+    - name: dovecot
+    - enable: True
+    - reload: True
+    - require:
+      - mailfleet_db: mailfleet-database
+      - file: mailfleet-vmail-home

@@ -1,0 +1,11 @@
+# The mail host: one SLS per concern. Settings are checked first (failhard), so a bad
+# pillar changes nothing.
+include:
+  - mail.validate
+  - mail.packages
+  - mail.database
+  - mail.tls
+  - mail.postfix
+  - mail.dovecot
+  - mail.firewall
+  - mail.vusers

@@ -1,0 +1,76 @@
+{%- from "mail/map.jinja" import mf with context %}
+{%- set L = mf.lookup %}
+{%- set sql_maps = ["domains", "mailboxes", "alias_domain_mailboxes", "aliases",
+                    "alias_domain_aliases", "catchall", "alias_domain_catchall", "sender_login"] %}
+include:
+  - mail.packages
+  - mail.database
+  - mail.tls
+
+{#- Every candidate main.cf/master.cf is checked with postconf beside the live other half
+    before it replaces the live file; a bad one leaves the running config untouched. #}
+mailfleet-postfix-check-script:
+  file.managed:
+    - name: {{ L.sbin }}/mailfleet-postfix-check
+    - source: salt://mail/files/mailfleet-postfix-check.sh
+    - mode: "0755"
+
+mailfleet-postfix-sql-dir:
+  file.directory:
+    - name: {{ L.postfix_sql_dir }}
+    - user: root
+    - group: postfix
+    - mode: "0750"
+    - require:
+      - pkg: mailfleet-packages
+
+{%- for map in sql_maps %}
+mailfleet-postfix-sql-{{ map }}:
+  file.managed:
+    - name: {{ L.postfix_sql_dir }}/{{ map }}.cf
+    - source: salt://mail/files/postfix-sql.cf.jinja
+    - template: jinja
+    - context:
+        mf: {{ mf | json }}
+        map: {{ map }}
+    - user: root
+    - group: postfix
+    - mode: "0640"
+    - require:
+      - file: mailfleet-postfix-sql-dir
+    - watch_in:
+      - service: mailfleet-postfix
+{%- endfor %}
+
+{%- for part in ("main", "master") %}
+mailfleet-postfix-{{ part }}-cf:
+  file.managed:
+    - name: {{ L.postfix_dir }}/{{ part }}.cf
+    - source: salt://mail/files/postfix-{{ part }}.cf.jinja
+    - template: jinja
+    - context:
+        mf: {{ mf | json }}
+    - mode: "0644"
+    - check_cmd: {{ L.sbin }}/mailfleet-postfix-check {{ part }}
+    - require:
+      - file: mailfleet-postfix-check-script
+      - cmd: mailfleet-certificate
+    - watch_in:
+      - service: mailfleet-postfix
+{%- endfor %}
+
+mailfleet-postfix-aliases:
+  cmd.run:
+    - name: newaliases
+    - onchanges:
+      - file: mailfleet-postfix-main-cf
+    - require_in:
+      - service: mailfleet-postfix
+
+mailfleet-postfix:
+  service.running:
+    - name: postfix
+    - enable: True
+    - reload: True
+    - require:
+      - mailfleet_db: mailfleet-database

@@ -1,0 +1,111 @@
+{%- from "mail/map.jinja" import mf with context %}
+{%- set L = mf.lookup %}
+{%- set names = [mf.host.myhostname] + mf.tls.extra_names %}
+include:
+  - mail.packages
+
+{#- nginx on 80: ACME HTTP-01 challenges from a webroot; everything else goes to HTTPS. #}
+mailfleet-acme-webroot:
+  file.directory:
+    - name: {{ L.acme_webroot }}
+    - mode: "0755"
+    - makedirs: True
+
+{%- if L.nginx_default_site %}
+mailfleet-nginx-no-default-site:
+  file.absent:
+    - name: {{ L.nginx_default_site }}
+    - watch_in:
+      - service: mailfleet-nginx
+{%- endif %}
+
+mailfleet-nginx-site:
+  file.managed:
+    - name: {{ L.nginx_site }}
+    - source: salt://mail/files/nginx-mailfleet.conf.jinja
+    - template: jinja
+    - context:
+        mf: {{ mf | json }}
+        part: acme
+    - mode: "0644"
+    - require:
+      - pkg: mailfleet-packages
+
+mailfleet-nginx-config-ok:
+  cmd.run:
+    - name: nginx -t -q
+    - onchanges:
+      - file: mailfleet-nginx-site
+
+mailfleet-nginx:
+  service.running:
+    - name: nginx
+    - enable: True
+    - reload: True
+    - require:
+      - cmd: mailfleet-nginx-config-ok
+    - watch:
+      - file: mailfleet-nginx-site
+
+{#- certbot renews on its own timer; the deploy hook reloads whatever serves the cert. #}
+mailfleet-certbot-deploy-hook:
+  file.managed:
+    - name: {{ L.letsencrypt_dir }}/renewal-hooks/deploy/50-mailfleet-reload
+    - mode: "0755"
+    - makedirs: True
+    - contents: |
+        #!/bin/sh
+        # mailfleet: a renewed certificate is served at once (RENEWED_LINEAGE from certbot).
+        systemctl reload postfix dovecot nginx 2>/dev/null || true
+
+mailfleet-certificate:
+  cmd.run:
+    - name: >-
+        certbot certonly --non-interactive --agree-tos --keep-until-expiring
+        --no-random-sleep-on-renew --webroot -w {{ L.acme_webroot }}
+        --server {{ mf.tls.acme_server }} -m {{ mf.tls.contact }}
+        --cert-name {{ mf.host.myhostname }}
+        {%- for name in names %} -d {{ name }}{% endfor %}
+    - unless: >-
+        test -s {{ mf.cert_dir }}/fullchain.pem &&
+        openssl x509 -in {{ mf.cert_dir }}/fullchain.pem -noout -checkend 2592000 >/dev/null
+        {%- for name in names %} && openssl x509 -in {{ mf.cert_dir }}/fullchain.pem -noout -ext subjectAltName | grep -q 'DNS:{{ name }}\b'{% endfor %}
+    - require:
+      - service: mailfleet-nginx
+      - file: mailfleet-acme-webroot
+      - file: mailfleet-certbot-deploy-hook
+
+mailfleet-certbot-timer:
+  service.running:
+    - name: certbot.timer
+    - enable: True
+    - require:
+      - cmd: mailfleet-certificate
+
+{#- HTTPS only once the certificate exists (same run): later issues add sites here. #}
+mailfleet-nginx-tls-site:
+  file.managed:
+    - name: {{ L.nginx_site | replace("mailfleet.conf", "mailfleet-tls.conf") }}
+    - source: salt://mail/files/nginx-mailfleet.conf.jinja
+    - template: jinja
+    - context:
+        mf: {{ mf | json }}
+        part: tls
+    - mode: "0644"
+    - require:
+      - cmd: mailfleet-certificate
+
+mailfleet-nginx-tls-config-ok:
+  cmd.run:
+    - name: nginx -t -q
+    - onchanges:
+      - file: mailfleet-nginx-tls-site
+
+mailfleet-nginx-tls-reload:
+  service.running:
+    - name: nginx
+    - reload: True
+    - require:
+      - cmd: mailfleet-nginx-tls-config-ok
+    - watch:
+      - file: mailfleet-nginx-tls-site

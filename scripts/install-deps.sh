@@ -1,0 +1,16 @@
+#!/bin/sh
+# Installs what a fresh Debian 12 machine lacks to run mailfleet's tests and lab:
+# Debian packages (only the missing ones, one `apt-get update` first) and the venv.
+set -eu
+APT_PACKAGES="systemd-container debootstrap nftables iproute2 util-linux python3-venv openssl mariadb-server"
+
+missing=""
+for pkg in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    [ "$(id -u)" = 0 ] || { echo "install-deps: need root to install:$missing" >&2; exit 2; }
+    echo "[deps] apt-get install$missing"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+fi

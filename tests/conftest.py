@@ -1,0 +1,16 @@
+"""Test-wide settings. Lab fixtures live in tests/lab/conftest.py."""
+import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_sessionstart(session):
+    # pytest-salt-factories' log server binds 0.0.0.0 by default; keep it on loopback.
+    log_server = session.config.pluginmanager.get_plugin("saltfactories-log-server")
+    if log_server is not None:
+        log_server.log_host = "127.0.0.1"
+    yield
+
+
+@pytest.fixture(scope="session")
+def salt_factories_config():
+    return {"log_server_host": "127.0.0.1"}

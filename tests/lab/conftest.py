@@ -1,0 +1,65 @@
+"""The lab fleet, booted once per test run and shared by every lab test.
+
+If the lab is already up (a developer ran `make lab`), the tests use it and leave it up;
+otherwise they boot it and take it down at the end of the run.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mflab import config, fleet
+
+REPO = config.REPO
+VENV_BIN = Path(sys.executable).parent
+
+
+class Lab:
+    """Handles on the running lab for tests: commands in hosts, salt from the repo root."""
+
+    def run(self, host: str, *argv: str, input: str | None = None, timeout: float = 120,
+            check: bool = True) -> subprocess.CompletedProcess:
+        proc = fleet.run_in(host, list(argv), input=input, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{host}: {' '.join(argv)} exited {proc.returncode}\n"
+                                 f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}")
+        return proc
+
+    def salt(self, *args: str, timeout: float = 300) -> dict:
+        """The `salt` CLI as a postmaster runs it: from the repo root, via the Saltfile."""
+        proc = subprocess.run([str(VENV_BIN / "salt"), "--out=json", "--static", *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        try:
+            return json.loads(proc.stdout)
+        except ValueError:
+            raise AssertionError(f"salt {' '.join(args)}: exit {proc.returncode}\n"
+                                 f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+    def ip(self, host: str) -> str:
+        return fleet.load_state()["hosts"][host]["ip"]
+
+    @property
+    def mail_hosts(self) -> list[str]:
+        return [n for n, h in fleet.load_state()["hosts"].items() if h["role"] == "mail"]
+
+
+@pytest.fixture(scope="session")
+def lab():
+    started_here = not fleet.is_up()
+    if started_here:
+        proc = subprocess.run([sys.executable, str(REPO / "lab" / "labctl.py"), "up"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"lab up failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    yield Lab()
+    if started_here and fleet.load_state():
+        subprocess.run([sys.executable, str(REPO / "lab" / "labctl.py"), "down"], check=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.lab)
