@@ -14,3 +14,15 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def salt_factories_config():
     return {"log_server_host": "127.0.0.1"}
+
+
+@pytest.fixture(scope="session")
+def event_listener():
+    """salt-factories' event listener, bound to loopback instead of 0.0.0.0."""
+    from saltfactories.plugins.event_listener import EventListener
+
+    listener = EventListener()
+    listener.host = "127.0.0.1"
+    listener.address = f"tcp://127.0.0.1:{listener.port}"
+    with listener:
+        yield listener

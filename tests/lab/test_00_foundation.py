@@ -1,6 +1,5 @@
 """The lab itself: the fleet boots, answers, resolves, issues certificates, stays local."""
 import json
-import re
 import subprocess
 import sys
 
@@ -68,9 +67,9 @@ def test_certbot_order_over_http01_chains_to_the_lab_ca(lab):
     subject = lab.run("mail01", "openssl", "x509", "-in", f"{live}/cert.pem", "-noout", "-ext",
                       "subjectAltName").stdout
     assert "DNS:mail01.lab.test" in subject
-    # Pebble's own logs say it validated over HTTP-01 on mail01's port 80.
+    # Pebble's own log says it validated over HTTP on mail01's port 80 (not "always valid").
     pebble_log = lab.run("acme", "journalctl", "-u", "pebble", "--no-pager", "-o", "cat").stdout
-    assert re.search(r"http-01.*mail01\.lab\.test|mail01\.lab\.test.*http-01", pebble_log, re.I | re.S)
+    assert "Attempting to validate w/ HTTP: http://mail01.lab.test:80/.well-known/acme-challenge/" in pebble_log
     lab.run("mail01", "rm", "-rf", workdir)
 
 
@@ -88,7 +87,7 @@ def test_nothing_in_the_lab_range_routes_off_the_machine(lab):
     # On this machine, a packet from a lab address arriving on the bridge has nowhere to go.
     proc = subprocess.run(["ip", "route", "get", public, "from", lab.ip("mail01"), "iif", config.BRIDGE],
                           capture_output=True, text=True)
-    assert proc.returncode != 0 and "unreachable" in (proc.stderr + proc.stdout).lower(), proc
+    assert proc.returncode != 0 and "no route to host" in proc.stderr.lower(), proc
     # And forwarding between the bridge and any other interface is refused.
     assert open("/proc/sys/net/ipv4/ip_forward").read().strip() == "0"
     rules = subprocess.run(["nft", "list", "table", "inet", config.NFT_TABLE],
