@@ -16,6 +16,7 @@ mailfleet-nftables-rules:
     - context:
         mf: {{ mf | json }}
         ports: {{ ports | unique | sort | json }}
+        master_ip: {{ opts.get("master_ip") | json }}
     - makedirs: True
     - mode: "0600"
     - check_cmd: nft -c -f
