@@ -4,7 +4,9 @@
 # config directory. Any warning or error from postconf refuses the candidate.
 set -eu
 part=$1 candidate=$2
-live=$(postconf -h config_directory 2>/dev/null || echo /etc/postfix)
+# No postconf means nothing to check with: refuse (set -e) rather than guess a path.
+# -d: the compiled-in default, readable before the first main.cf exists.
+live=$(postconf -d -h config_directory)
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 for f in main.cf master.cf; do
