@@ -1,0 +1,169 @@
+"""
+The ritual across the fleet: every targeted mail host runs ``mailcheck.ritual`` against
+itself, and the master prints one table (host, check, PASS/FAIL, detail).
+
+The runner's job is marked failed (``success: False`` on the ``salt/run/<jid>/ret`` event,
+``__context__['retcode'] = 1``) when any check fails or a host does not answer.
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt-run mailcheck.fleet
+    salt-run mailcheck.fleet tgt=mail01.lab.test
+    salt-run mailcheck.fleet tgt='G@os_family:Debian and *mail*' tgt_type=compound
+    salt-run mailcheck.fleet checks=smtp,relay timeout=5
+    salt-run mailcheck.fleet --out=json          # results only, as JSON (no table)
+"""
+import logging
+
+import salt.client
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mailcheck"
+
+# Keyword arguments of mailcheck.ritual a runner call may pass through to the minions.
+RITUAL_KWARGS = ("host", "ip", "cafile", "timeout", "address", "password", "ports", "checks")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# ---------------------------------------------------------------------------------------
+# Pure logic (unit-tested in tests/unit/test_mailcheck_runner.py)
+# ---------------------------------------------------------------------------------------
+
+
+def _failure(detail):
+    return [{"check": "minion", "ok": False, "detail": detail}]
+
+
+def normalize_return(data):
+    """
+    One minion's job return (``cmd_iter`` with ``full_return``) as a list of result dicts.
+    A minion that did not answer, lacks the module, or crashed becomes one failing
+    ``minion`` line saying so.
+    """
+    if not isinstance(data, dict):
+        return _failure(f"unexpected return: {data!r}")
+    if data.get("failed"):
+        return _failure("no return: minion down, unreachable or timed out")
+    ret = data.get("ret")
+    if isinstance(ret, list) and all(isinstance(r, dict) and "check" in r for r in ret):
+        return [{"check": str(r["check"]), "ok": r.get("ok") is True,
+                 "detail": str(r.get("detail", ""))} for r in ret]
+    lines = str(ret).strip().splitlines()
+    # "'mailcheck.ritual' is not available." or a traceback: its last line says why.
+    why = lines[-1] if lines else repr(ret)
+    return _failure(f"ritual did not run (retcode {data.get('retcode')}): {why}")
+
+
+def failing(returns):
+    """``[(minion, result), ...]`` of the failing checks."""
+    return [(minion, r) for minion, results in sorted(returns.items()) for r in results
+            if r.get("ok") is not True]
+
+
+def _render(headers, rows):
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    out = []
+    for row in [headers, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths[:-1])] + [str(row[-1])]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def fleet_table(returns):
+    """
+    ``{minion: [results]}`` as one text table (HOST, CHECK, RESULT, DETAIL) with a summary
+    line. Pure: no Salt, no network.
+    """
+    rows = []
+    for minion, results in sorted(returns.items()):
+        for r in results:
+            rows.append((minion, r.get("check", "?"), "PASS" if r.get("ok") is True else "FAIL",
+                         r.get("detail", "")))
+    if not rows:
+        return "no mail host answered (no minion matched the target?)"
+    bad = failing(returns)
+    hosts_bad = sorted({m for m, _ in bad})
+    if bad:
+        summary = (f"FAIL: {len(bad)} of {len(rows)} checks failed on "
+                   f"{len(hosts_bad)} of {len(returns)} hosts ({', '.join(hosts_bad)})")
+    else:
+        summary = f"PASS: {len(rows)} checks on {len(returns)} hosts"
+    return _render(("HOST", "CHECK", "RESULT", "DETAIL"), rows) + "\n" + summary
+
+
+def ritual_kwargs(kwargs):
+    """The keyword arguments to pass on to ``mailcheck.ritual`` (Salt's ``__pub_*`` keys
+    dropped); anything else is a usage error."""
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("__")}
+    unknown = sorted(set(kwargs) - set(RITUAL_KWARGS))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; "
+                         f"mailcheck.ritual takes {', '.join(RITUAL_KWARGS)}")
+    return kwargs
+
+
+# ---------------------------------------------------------------------------------------
+# Salt entry point
+# ---------------------------------------------------------------------------------------
+
+
+def _collect(tgt, tgt_type, kwarg, wait):
+    returns = {}
+    with salt.client.LocalClient(mopts=__opts__) as client:
+        for item in client.cmd_iter(tgt, "mailcheck.ritual", kwarg=kwarg, tgt_type=tgt_type,
+                                    timeout=wait, expect_minions=True):
+            for minion, data in (item or {}).items():
+                returns[minion] = normalize_return(data)
+    return returns
+
+
+# Outputs read by programs: the table would corrupt them, so it is left out.
+MACHINE_OUTPUTS = ("json", "yaml", "raw", "pprint", "newline_values_only", "key", "txt")
+
+
+def _show(text):
+    """Print the table on the runner's console (salt-run), unless output is for programs."""
+    if __opts__.get("quiet") or __opts__.get("output") in MACHINE_OUTPUTS:
+        return
+    print(text, flush=True)
+
+
+def fleet(tgt="*mail*", tgt_type="glob", **kwargs):
+    """
+    Run ``mailcheck.ritual`` on every targeted mail host, print one table for the fleet and
+    return ``{minion: [{"check", "ok", "detail"}, ...]}``. Any failing check, or a host
+    that does not answer, marks the run failed (``__context__['retcode'] = 1``).
+
+    tgt, tgt_type
+        Which minions (default ``*mail*``, glob); any Salt target type.
+    host, ip, cafile, timeout, address, password, ports, checks
+        Passed on to ``mailcheck.ritual`` (see ``salt-run -d``/``sys.doc mailcheck.ritual``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailcheck.fleet
+        salt-run mailcheck.fleet tgt=mail02.lab.test checks=submission,imaps
+    """
+    kwarg = ritual_kwargs(kwargs)
+    # Seconds to wait for a host that has not answered yet; minions that report the job as
+    # still running are waited for (Salt's find_job), so a slow ritual is not cut off.
+    wait = max(int(__opts__.get("timeout", 5) or 5), int(float(kwarg.get("timeout", 10))) * 2)
+    returns = _collect(tgt, tgt_type, kwarg, wait)
+    _show(fleet_table(returns))
+    bad = failing(returns)
+    if not returns or bad:
+        __context__["retcode"] = 1
+        log.warning("mailcheck: %s", fleet_table(returns).splitlines()[-1])
+        for minion, r in bad:
+            log.info("mailcheck: %s %s FAIL: %s", minion, r["check"], r["detail"])
+    else:
+        __context__["retcode"] = 0
+    return returns

@@ -1,0 +1,119 @@
+"""The seed's ritual (section 10 and the port check of section 11), automated: every mail
+host runs `mailcheck.ritual` against itself with real clients, the master prints one table
+for the fleet. A broken check must come out as FAIL with the server's reason."""
+import json
+import subprocess
+
+import pytest
+
+from mflab import config
+
+SALT_RUN = str(config.REPO / ".venv" / "bin" / "salt-run")
+EXPECTED_CHECKS = ["smtp-25", "submission-587", "imaps-993", "relay-refused",
+                   "closed-143", "closed-110", "fcrdns"]
+MAIL_PORTS = (25, 587, 993)
+
+
+def salt_run(*args, timeout=300):
+    return subprocess.run([SALT_RUN, *args], cwd=config.REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def salt_run_json(*args, timeout=300):
+    proc = salt_run("--out=json", *args, timeout=timeout)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"salt-run {' '.join(args)}: exit {proc.returncode}\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def listening(lab, host):
+    out = lab.run(host, "ss", "-ltnH", check=False).stdout
+    ports = set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            ports.add(fields[3].rsplit(":", 1)[-1])
+    return {p for p in MAIL_PORTS if str(p) in ports}
+
+
+@pytest.fixture(scope="module")
+def fleet(lab):
+    """The fleet converged (the mail state's own lab tests normally did it already; a
+    state.apply on a converged host changes nothing) and our modules synced."""
+    if any(listening(lab, h) != set(MAIL_PORTS) for h in lab.mail_hosts):
+        applied = lab.salt("*mail*", "state.apply", timeout=1200)
+        assert all(isinstance(r, dict) and all(s.get("result") for s in r.values())
+                   for r in applied.values()), json.dumps(applied, indent=1)[-4000:]
+    for h in lab.mail_hosts:
+        assert listening(lab, h) == set(MAIL_PORTS), f"{h}: 25/587/993 not all listening"
+    synced = lab.salt("*mail*", "saltutil.sync_modules")
+    assert set(synced) == {f"{h}.{config.DOMAIN}" for h in lab.mail_hosts}, synced
+    proc = salt_run("saltutil.sync_runners")
+    assert proc.returncode == 0, proc.stderr
+    return lab
+
+
+def test_ritual_passes_on_every_mail_host(fleet):
+    returns = salt_run_json("mailcheck.fleet")
+    assert set(returns) == {f"{h}.{config.DOMAIN}" for h in fleet.mail_hosts}
+    for minion, results in returns.items():
+        assert [r["check"] for r in results] == EXPECTED_CHECKS, (minion, results)
+        failed = [r for r in results if r["ok"] is not True]
+        assert not failed, f"{minion}: " + json.dumps(failed, indent=1)
+    # The details are the servers' own words, as the seed's telnet/openssl session shows them.
+    for minion, results in returns.items():
+        by = {r["check"]: r["detail"] for r in results}
+        assert f"banner 220 {minion} ESMTP" in by["smtp-25"]
+        assert "STARTTLS" in by["smtp-25"]
+        assert "530 5.7.0 Must issue a STARTTLS command first" in by["submission-587"]
+        assert f"certificate names {minion}" in by["submission-587"]
+        assert "235 2.7.0 Authentication successful" in by["submission-587"]
+        assert "wrong password refused: 535" in by["submission-587"]
+        assert "LOGIN as" in by["imaps-993"] and "SELECT INBOX: OK" in by["imaps-993"]
+        assert "Relay access denied" in by["relay-refused"]
+        assert by["fcrdns"].startswith(f"A {minion} = ")
+
+
+def test_table_shows_the_fleet_and_a_closed_port_check_fails_with_its_reason(fleet):
+    # IMAPS "pointed at" 143, where nothing may listen: the check must fail, say why, and
+    # the fleet table must show it.
+    host = f"{fleet.mail_hosts[0]}.{config.DOMAIN}"
+    ip = fleet.ip(fleet.mail_hosts[0])
+    proc = salt_run("mailcheck.fleet", f"tgt={host}", "checks=imaps", 'ports={"imaps": 143}')
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["HOST", "CHECK", "RESULT", "DETAIL"], proc.stdout
+    assert lines[1].split(None, 3) == [host, "imaps-143", "FAIL",
+                                       f"connect {ip}:143: connection refused"], proc.stdout
+    assert lines[2] == f"FAIL: 1 of 1 checks failed on 1 of 1 hosts ({host})", proc.stdout
+
+
+def test_wrong_probe_password_is_reported_as_failure_with_the_server_reply(fleet):
+    import salt.config
+    import salt.runner
+
+    host = f"{fleet.mail_hosts[-1]}.{config.DOMAIN}"
+    wrong = "not-the-probe-password"
+    returns = salt_run_json("mailcheck.fleet", f"tgt={host}", f"password={wrong}",
+                            "checks=submission,imaps")
+    by = {r["check"]: r for r in returns[host]}
+    assert by["submission-587"]["ok"] is False
+    assert "refused: 535 5.7.8 Error: authentication failed" in by["submission-587"]["detail"]
+    assert by["imaps-993"]["ok"] is False
+    assert "[AUTHENTICATIONFAILED]" in by["imaps-993"]["detail"]
+
+    # The runner job itself is marked failed (what a reactor or salt-api caller sees).
+    opts = salt.config.master_config(str(config.STATE / "salt" / "master"))
+    opts["quiet"] = True
+    with salt.runner.RunnerClient(opts) as runner:
+        bad = runner.cmd("mailcheck.fleet", kwarg={"tgt": host, "checks": "fcrdns",
+                                                   "host": "nonexistent.lab.test"},
+                         full_return=True, print_event=False)
+        good = runner.cmd("mailcheck.fleet", kwarg={"tgt": host, "checks": "fcrdns"},
+                          full_return=True, print_event=False)
+    assert bad["success"] is False, bad
+    assert bad["return"][host] == [{"check": "fcrdns", "ok": False,
+                                    "detail": "not tested: no address for nonexistent.lab.test "
+                                              "(A: NXDOMAIN)"}]
+    assert good["success"] is True, good
