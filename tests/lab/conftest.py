@@ -63,3 +63,35 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.lab)
+
+
+def state_failures(ret) -> list[str]:
+    """Human-readable failures of a `salt --out=json state.apply` return ([] = all good)."""
+    problems = []
+    for minion, states in ret.items():
+        if not isinstance(states, dict):
+            problems.append(f"{minion}: {states}")
+            continue
+        for sid, st in states.items():
+            if st.get("result") is False:
+                problems.append(f"{minion}: {st.get('__id__', sid)}: {st.get('comment')}")
+    return problems
+
+
+def state_changes(ret) -> list[str]:
+    return [f"{minion}: {st.get('__id__', sid)}: {st.get('changes')}"
+            for minion, states in ret.items() if isinstance(states, dict)
+            for sid, st in states.items() if st.get("changes")]
+
+
+@pytest.fixture(scope="session")
+def converged(lab):
+    """Every mail host converged once with `salt '*mail*' state.apply` (the postmaster's command)."""
+    import time
+    t0 = time.monotonic()
+    ret = lab.salt("*mail*", "state.apply", timeout=900)
+    seconds = time.monotonic() - t0
+    failures = state_failures(ret)
+    assert not failures, "\n".join(failures)
+    assert set(ret) == {f"{h}.lab.test" for h in lab.mail_hosts}
+    return {"first_apply": ret, "first_apply_seconds": seconds}
