@@ -20,6 +20,12 @@ mailfleet-rc-{{ key }}:
     - name: sysrc {{ key }}={{ value }}
     - unless: test "$(sysrc -n {{ key }} 2>/dev/null)" = "{{ value }}"
 {%- endfor %}
+{%- for key, value in L.get("periodic_conf", {}).items() %}
+mailfleet-periodic-{{ key }}:
+  cmd.run:
+    - name: sysrc -f /etc/periodic.conf {{ key }}={{ value }}
+    - unless: test "$(sysrc -f /etc/periodic.conf -n {{ key }} 2>/dev/null)" = "{{ value }}"
+{%- endfor %}
 {%- endif %}
 
 mailfleet-vmail-group:
@@ -51,3 +57,4 @@ mailfleet-state-dir:
   file.directory:
     - name: /var/lib/mailfleet
     - mode: "0750"
+    - makedirs: True

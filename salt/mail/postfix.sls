@@ -59,9 +59,32 @@ mailfleet-postfix-{{ part }}-cf:
       - service: mailfleet-postfix
 {%- endfor %}
 
+{%- if L.os == "FreeBSD" %}
+{#- Base sendmail off now (rc.conf only takes effect at boot), and mailwrapper(8) pointed at
+    Postfix so sendmail(1), mailq and newaliases of cron and periodic reach Postfix
+    (the postfix package's pkg-message and the Handbook's "Changing the MTA"). #}
+mailfleet-sendmail-stopped:
+  cmd.run:
+    - name: service sendmail onestop
+    - onlyif: service sendmail onestatus
+    - require_in:
+      - service: mailfleet-postfix
+
+mailfleet-mailer-conf:
+  file.managed:
+    - name: {{ L.mailer_conf }}
+    - source: /usr/local/share/postfix/mailer.conf.postfix
+    - makedirs: True
+    - mode: "0644"
+    - require:
+      - pkg: mailfleet-packages
+    - require_in:
+      - cmd: mailfleet-postfix-aliases
+{%- endif %}
+
 mailfleet-postfix-aliases:
   cmd.run:
-    - name: newaliases
+    - name: {{ L.postfix_newaliases }}
     - onchanges:
       - file: mailfleet-postfix-main-cf
     - require_in:

@@ -11,6 +11,34 @@ mailfleet-acme-webroot:
     - mode: "0755"
     - makedirs: True
 
+{%- if L.get("nginx_main_conf") %}
+{#- FreeBSD's stock nginx.conf serves its own site on :80 and reads no conf.d/: replace it
+    with one that only includes the sites this formula writes. #}
+mailfleet-nginx-main-conf:
+  file.managed:
+    - name: {{ L.nginx_main_conf }}
+    - mode: "0644"
+    - require:
+      - pkg: mailfleet-packages
+    - watch_in:
+      - service: mailfleet-nginx
+    - require_in:
+      - cmd: mailfleet-nginx-config-ok
+    - contents: |
+        # Managed by mailfleet (mail.tls): sites live in {{ L.nginx_site.rsplit("/", 1)[0] }}/.
+        worker_processes auto;
+        events {
+            worker_connections 1024;
+        }
+        http {
+            include mime.types;
+            default_type application/octet-stream;
+            sendfile on;
+            keepalive_timeout 65;
+            include {{ L.nginx_site.rsplit("/", 1)[0] }}/*.conf;
+        }
+{%- endif %}
+
 {%- if L.nginx_default_site %}
 mailfleet-nginx-no-default-site:
   file.absent:
@@ -56,7 +84,11 @@ mailfleet-certbot-deploy-hook:
     - contents: |
         #!/bin/sh
         # mailfleet: a renewed certificate is served at once (RENEWED_LINEAGE from certbot).
+        {%- if L.os == "FreeBSD" %}
+        for s in postfix dovecot nginx; do service "$s" reload 2>/dev/null; done; true
+        {%- else %}
         systemctl reload postfix dovecot nginx 2>/dev/null || true
+        {%- endif %}
 
 mailfleet-certificate:
   cmd.run:
@@ -75,12 +107,16 @@ mailfleet-certificate:
       - file: mailfleet-acme-webroot
       - file: mailfleet-certbot-deploy-hook
 
+{#- Renewal: certbot's systemd timer on Debian; on FreeBSD the periodic(8) job that
+    weekly_certbot_enable (mail.packages, /etc/periodic.conf) turns on. #}
+{%- if L.os != "FreeBSD" %}
 mailfleet-certbot-timer:
   service.running:
     - name: certbot.timer
     - enable: True
     - require:
       - cmd: mailfleet-certificate
+{%- endif %}
 
 {#- HTTPS only once the certificate exists (same run): later issues add sites here. #}
 mailfleet-nginx-tls-site:
