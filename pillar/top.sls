@@ -1,12 +1,12 @@
-# Pillar top for the lab fleet. Secrets reach only the hosts that need them: a domain's
-# file (its mailboxes' hashes) goes only to the hosts that serve it; a host's file (its DB
-# passwords, its probe password) only to that host.
+# Pillar top for the lab fleet. Secrets reach only the hosts that need them:
+# - a host's file (DB passwords, probe password) only that host;
+# - a domain's file (pillar/domains/<domain>.yaml, its mailboxes' hashes) only the hosts it
+#   lists under `hosts`: the mailfleet_domains ext_pillar hands it out, so adding that one
+#   file is the whole onboarding step.
 base:
   '*mail*.lab.test':
     - lab.common
   'mail01.lab.test':
     - lab.hosts.mail01
-    - lab.domains.example-a
   'mail02.lab.test':
     - lab.hosts.mail02
-    - lab.domains.example-b

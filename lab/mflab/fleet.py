@@ -194,6 +194,9 @@ def master_config() -> str:
         "log_level_logfile: info", "auto_accept: False",
         "file_roots:", "  base:", f"    - {r}/salt",
         "pillar_roots:", "  base:", f"    - {r}/pillar",
+        "# Runners and the ext_pillar load straight from the repository's _runners, _pillar.",
+        "module_dirs:", f"  - {r}",
+        "ext_pillar:", "  - mailfleet_domains:", f"      path: {r}/pillar/domains",
         f"mailfleet_tsig_keyfile: {config.STATE}/tsig.key",
         f"mailfleet_lab_ca: {SHARED}/lab-ca.pem",
         f"include: {r}/config/master.d/*.conf", ""])
