@@ -43,6 +43,12 @@ def problems(cfg):
     for section, key in REQUIRED:
         if not (cfg.get(section) or {}).get(key):
             out.append(f"mailfleet:{section}:{key}: required, missing or empty")
+    for section, key in REQUIRED[1:]:
+        secret = (cfg.get(section) or {}).get(key)
+        # These end up in Postfix map files and Dovecot's space-separated connect string.
+        if secret and not re.match(r"^[A-Za-z0-9_.:,+=@%^~!/-]+$", str(secret)):
+            out.append(f"mailfleet:{section}:{key}: use letters, digits and _.:,+=@%^~!/- only "
+                       f"(no spaces, quotes or #)")
     contact = (cfg.get("tls") or {}).get("contact")
     if contact and not EMAIL.match(str(contact)):
         out.append(f"mailfleet:tls:contact: {contact!r} is not an e-mail address")
