@@ -33,6 +33,15 @@ def is_built() -> bool:
     return (image_path() / "etc" / "mailfleet-image").is_file()
 
 
+def _image_in_use() -> str | None:
+    """The image a running lab booted (never removed under its feet)."""
+    import json
+    try:
+        return json.loads((config.STATE / "state.json").read_text()).get("image")
+    except (OSError, ValueError):
+        return None
+
+
 def build(force: bool = False) -> Path:
     target = image_path()
     if is_built() and not force:
@@ -73,8 +82,9 @@ def build(force: bool = False) -> Path:
         say(f"image build did not finish; removing {partial}")
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    in_use = _image_in_use()
     for old in images.iterdir():  # one image at a time: old recipes only waste disk
-        if old.is_dir() and old.name != target.name:
+        if old.is_dir() and old.name != target.name and str(old) != in_use:
             shutil.rmtree(old, ignore_errors=True)
     say(f"base image {target.name} built in {time.monotonic() - t0:.0f}s")
     return target
