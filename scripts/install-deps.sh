@@ -12,5 +12,14 @@ if [ -n "$missing" ]; then
     [ "$(id -u)" = 0 ] || { echo "install-deps: need root to install:$missing" >&2; exit 2; }
     echo "[deps] apt-get install$missing"
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+    # Packages such as mariadb-server start their service on install; the tests start
+    # their own instances, so keep the host's copies stopped (unless a policy exists).
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d
+        policy=/usr/sbin/policy-rc.d
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null || {
+        [ -z "$policy" ] || rm -f "$policy"; exit 1; }
+    [ -z "$policy" ] || rm -f "$policy"
 fi
