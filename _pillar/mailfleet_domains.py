@@ -12,7 +12,7 @@ as the rest of the pillar::
           hosts: [mail01.lab.test]
           mailboxes: {...}
 
-Master configuration::
+Master configuration (``path``: one folder or a list of folders)::
 
     ext_pillar:
       - mailfleet_domains:
@@ -91,5 +91,12 @@ def ext_pillar(minion_id, pillar, path=None, **kwargs):  # pylint: disable=unuse
     if not path:
         log.error("mailfleet_domains: no path configured")
         return {}
-    served = domains_for(minion_id, path)
+    served = {}
+    for folder in [path] if isinstance(path, str) else list(path):
+        for domain, data in domains_for(minion_id, folder).items():
+            if domain in served:
+                log.error("mailfleet_domains: %s is declared in more than one folder; "
+                          "the copy in %s is ignored", domain, folder)
+                continue
+            served[domain] = data
     return {"mailfleet": {"domains": served}} if served else {}

@@ -18,6 +18,7 @@ from .progress import Step, say
 STATE_FILE = config.STATE / "state.json"
 SALT_DIR = config.STATE / "salt"
 SHARED = config.STATE / "shared"
+EXTRA_DOMAINS = config.STATE / "domains"
 GUEST = config.LAB_SRC / "guest"
 BOOT_TIMEOUT = 120
 VENV_BIN = Path(sys.executable).parent
@@ -143,6 +144,7 @@ def _prepare(fleet: list[Host]) -> None:
     if config.STATE.exists():
         shutil.rmtree(config.STATE)
     (SHARED / "ca").mkdir(parents=True)
+    EXTRA_DOMAINS.mkdir()
     secret = pki.tsig_secret()
     _write(config.STATE / "tsig.key", zones.tsig_keyfile(secret), 0o600)
     master_pki = SALT_DIR / "pki" / "master"
@@ -196,7 +198,8 @@ def master_config() -> str:
         "pillar_roots:", "  base:", f"    - {r}/pillar",
         "# Runners and the ext_pillar load straight from salt/_runners, salt/_pillar (links).",
         "module_dirs:", f"  - {r}/salt",
-        "ext_pillar:", "  - mailfleet_domains:", f"      path: {r}/pillar/domains",
+        "ext_pillar:", "  - mailfleet_domains:", "      path:", f"        - {r}/pillar/domains",
+        f"        - {EXTRA_DOMAINS}  # tests and benchmarks onboard domains here",
         f"mailfleet_tsig_keyfile: {config.STATE}/tsig.key",
         f"mailfleet_lab_ca: {SHARED}/lab-ca.pem",
         f"include: {r}/config/master.d/*.conf", ""])
