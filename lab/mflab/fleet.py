@@ -317,10 +317,10 @@ def up() -> None:
         say("the lab is already up; nothing changed")
         status()
         return
+    preflight(need_debootstrap=not image.is_built())
     if load_state() or _machine_pids() or net.leftovers():
         say("found a half-up lab; bringing it down first")
         down()
-    preflight(need_debootstrap=not image.is_built())
     t0 = time.monotonic()
     img = image.build()
     fleet = config.hosts()
