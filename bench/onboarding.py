@@ -29,7 +29,7 @@ TRIALS = 5
 def apply(target: str = "*mail*") -> float:
     t0 = time.monotonic()
     out = subprocess.run([str(VENV_BIN / "salt"), "-c", str(SALT_DIR), "--out=json", "--static",
-                          target, "state.apply"], capture_output=True, text=True, timeout=900)
+                          "-t", "900", target, "state.apply"], capture_output=True, text=True, timeout=900)
     ret = json.loads(out.stdout)
     bad = [s for states in ret.values() for s in states.values() if s.get("result") is False]
     if bad:

@@ -44,7 +44,7 @@ def smtp_source(target: str, subject: str) -> float:
 def main() -> int:
     fleet.up()
     apply = subprocess.run([str(VENV_BIN / "salt"), "-c", str(SALT_DIR), "--out=json", "--static",
-                            "mail01.lab.test", "state.apply"], capture_output=True, text=True, timeout=900)
+                            "-t", "900", "mail01.lab.test", "state.apply"], capture_output=True, text=True, timeout=900)
     states = json.loads(apply.stdout)["mail01.lab.test"]
     assert all(s["result"] for s in states.values()), "mail01 did not converge"
     ip = fleet.load_state()["hosts"]["mail01"]["ip"]

@@ -29,7 +29,9 @@ class Lab:
 
     def salt(self, *args: str, timeout: float = 300) -> dict:
         """The `salt` CLI as a postmaster runs it: from the repo root, via the Saltfile."""
-        proc = subprocess.run([str(VENV_BIN / "salt"), "--out=json", "--static", *args],
+        # --static goes through Salt 3008's batch path, which gives up on returns after
+        # `timeout` (+ gather_job_timeout): pass ours, or long state runs come back empty.
+        proc = subprocess.run([str(VENV_BIN / "salt"), "--out=json", "--static", "-t", str(int(timeout)), *args],
                               cwd=REPO, capture_output=True, text=True, timeout=timeout)
         try:
             return json.loads(proc.stdout)
