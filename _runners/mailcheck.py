@@ -152,7 +152,12 @@ def fleet(tgt="*mail*", tgt_type="glob", **kwargs):
         salt-run mailcheck.fleet
         salt-run mailcheck.fleet tgt=mail02.lab.test checks=submission,imaps
     """
-    kwarg = ritual_kwargs(kwargs)
+    try:
+        kwarg = ritual_kwargs(kwargs)
+    except ValueError as exc:
+        # Salt answers a TypeError with "Passed invalid arguments" and this docstring.
+        __context__["retcode"] = 1
+        raise TypeError(str(exc)) from exc
     # Seconds to wait for a host that has not answered yet; minions that report the job as
     # still running are waited for (Salt's find_job), so a slow ritual is not cut off.
     wait = max(int(__opts__.get("timeout", 5) or 5), int(float(kwarg.get("timeout", 10))) * 2)
