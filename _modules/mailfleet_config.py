@@ -20,6 +20,10 @@ REQUIRED = (
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 FQDN = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The quota-status reply for an over-quota mailbox: an SMTP 4xx/5xx with a matching
+# enhanced status code (RFC 3463: X.2.2 "Mailbox full"), then plain text that is safe
+# unquoted in dovecot.conf and as a Postfix access(5) action.
+OVERQUOTA_REPLY = re.compile(r"^([45])\d\d \1\.\d{1,3}\.\d{1,3} [A-Za-z0-9 .,:;()'/_-]{1,200}$")
 
 
 def __virtual__():
@@ -71,6 +75,10 @@ def problems(cfg):
     if major not in SUPPORTED_DOVECOT:
         out.append(f"mailfleet:lookup:dovecot_major: Dovecot {major} is not supported "
                    f"(supported: {', '.join(SUPPORTED_DOVECOT)})")
+    reply = (cfg.get("quota") or {}).get("overquota_reply")
+    if reply is not None and not OVERQUOTA_REPLY.match(str(reply)):
+        out.append(f"mailfleet:quota:overquota_reply: {reply!r} must be an SMTP 4xx/5xx reply "
+                   f"with a matching enhanced code and plain text, e.g. '552 5.2.2 Mailbox is full'")
     limit = host.get("message_size_limit")
     if not isinstance(limit, int) or limit < 1024:
         out.append(f"mailfleet:host:message_size_limit: {limit!r} must be a byte count >= 1024")
