@@ -124,4 +124,5 @@ def mail_demo() -> int:
     check = subprocess.run([str(VENV_BIN / "salt-run"), "-c", str(SALT_DIR), "mailcheck.fleet"],
                            capture_output=True, text=True, timeout=300)
     print(check.stdout)
-    return 0 if found == "1" and sent.returncode == 0 and check.returncode == 0 else 1
+    ritual_ok = check.returncode == 0 and "FAIL" not in check.stdout
+    return 0 if found == "1" and sent.returncode == 0 and ritual_ok else 1
