@@ -17,6 +17,23 @@ mailfleet-mariadb-config:
     - require:
       - pkg: mailfleet-packages
 
+{#- Postfix's lookup processes can stay stuck on a failed MySQL connection after the
+    database was down; when MariaDB (re)starts, have Postfix recycle them (reload). #}
+{%- if L.os == "Debian" %}
+mailfleet-mariadb-recycles-postfix:
+  file.managed:
+    - name: /etc/systemd/system/{{ L.mariadb_service }}.service.d/mailfleet-postfix.conf
+    - makedirs: True
+    - mode: "0644"
+    - contents: |
+        [Service]
+        ExecStartPost=-/bin/sh -c 'systemctl is-active -q postfix && systemctl reload postfix || true'
+  module.run:
+    - service.systemctl_reload: []
+    - onchanges:
+      - file: mailfleet-mariadb-recycles-postfix
+{%- endif %}
+
 mailfleet-mariadb:
   service.running:
     - name: {{ L.mariadb_service }}
