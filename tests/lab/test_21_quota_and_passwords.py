@@ -1,0 +1,244 @@
+"""
+Quotas refused in the SMTP dialogue, and password hashes from mailfleet's helper, in the lab.
+
+A test domain (quota21.test, served by mail01) is onboarded through a domain file in the
+lab master's second ext_pillar folder and removed again at the end (file deleted, mail01
+re-applied, its maildirs wiped so a re-run starts clean):
+
+- full@    8 KiB quota: under quota it receives; filled past it, a message from `outside`
+           gets 552 5.2.2 at RCPT, nothing is queued and no bounce is made on mail01.
+- pwuser@  no quota (0 = unlimited); its pillar hash comes from the master's runner; it
+           logs into IMAPS, and a new hash in the domain file changes its password at the
+           next state.apply.
+"""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, state_changes, state_failures
+from mailtools import swaks, tag
+from mflab import fleet
+
+MAIL01 = "mail01.lab.test"
+DOMAIN = "quota21.test"
+FULL = f"full@{DOMAIN}"
+PWUSER = f"pwuser@{DOMAIN}"
+QUOTA = 8192
+VENV_BIN = Path(sys.executable).parent
+SCHEMES = ("ARGON2ID", "SHA512-CRYPT", "BLF-CRYPT")
+
+
+def runner_hash(password: str, scheme: str = "ARGON2ID") -> str:
+    """salt-run mailfleet_password.hash on the master, the password on stdin (no argument)."""
+    proc = subprocess.run([str(VENV_BIN / "salt-run"), "--out=json", "mailfleet_password.hash",
+                           f"scheme={scheme}"], input=password + "\n", cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert password not in proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def write_domain(pw_hash: str) -> None:
+    data = {"mailfleet": {"domains": {DOMAIN: {
+        "hosts": [MAIL01], "description": "quota and password lab test (test_21)",
+        "mailboxes": {
+            "full": {"name": "Over Quota", "password": pw_hash, "quota": QUOTA},
+            "pwuser": {"name": "Password Helper", "password": pw_hash},
+        }}}}}
+    path = fleet.EXTRA_DOMAINS / f"{DOMAIN}.yaml"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))  # JSON is YAML
+    tmp.replace(path)                           # the ext_pillar never reads half a file
+
+
+def apply_mail01(lab, **pillar):
+    args = [MAIL01, "state.apply"]
+    if pillar:
+        args.append("pillar=" + json.dumps(pillar))
+    ret = lab.salt(*args)
+    assert state_failures(ret) == [], state_failures(ret)
+    return ret
+
+
+def wipe_maildirs(lab):
+    lab.run("mail01", "rm", "-rf", f"/var/vmail/{DOMAIN}")
+
+
+@pytest.fixture(scope="module")
+def passwords():
+    return {"first": f"{tag('pw1')} one", "second": f"{tag('pw2')} two"}
+
+
+@pytest.fixture(scope="module")
+def onboarded(lab, converged, passwords):
+    wipe_maildirs(lab)                          # leftovers of an interrupted run
+    write_domain(runner_hash(passwords["first"]))
+    apply_mail01(lab)
+    yield
+    (fleet.EXTRA_DOMAINS / f"{DOMAIN}.yaml").unlink(missing_ok=True)
+    apply_mail01(lab)
+    wipe_maildirs(lab)
+
+
+def send(lab, rcpt, sender, subject="t21", check=False):
+    return swaks(lab, "outside", "--server", MAIL01, "--port", "25", "--ehlo", "outside.lab.test",
+                 "--from", sender, "--to", rcpt, "--header", f"Subject: {subject}", check=check)
+
+
+def rcpt_reply(dialogue: str) -> str:
+    lines = dialogue.splitlines()
+    i = next(i for i, line in enumerate(lines) if "RCPT TO:" in line)
+    return lines[i + 1]
+
+
+def master_pids(lab):
+    return lab.run("mail01", "sh", "-c", "cat /run/dovecot/master.pid; "
+                   "cat /var/spool/postfix/pid/master.pid").stdout.split()
+
+
+def quota_bytes(lab, user):
+    """(used, limit) in bytes from doveadm quota get (which prints KiB)."""
+    out = lab.run("mail01", "doveadm", "-f", "tab", "quota", "get", "-u", user).stdout
+    for line in out.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 4 and fields[1] == "STORAGE":
+            return int(fields[2]) * 1024, (None if fields[3] == "-" else int(fields[3]) * 1024)
+    raise AssertionError(out)
+
+
+def fill(lab, user, nbytes):
+    """Store a message of about nbytes in the mailbox past its quota (doveadm save with the
+    quota plugin's root switched off for this one command, as an administrator would)."""
+    body = ("x" * 75 + "\n") * (nbytes // 76 + 1)
+    msg = f"From: filler@{DOMAIN}\nSubject: filler\n\n{body}"
+    lab.run("mail01", "doveadm", "-o", "plugin/quota=", "save", "-u", user, input=msg)
+
+
+# --- quotas ----------------------------------------------------------------------------------
+
+def test_the_mailbox_quota_reaches_dovecot(lab, onboarded):
+    user = lab.run("mail01", "doveadm", "user", FULL).stdout
+    assert f"quota_rule\t*:bytes={QUOTA}" in user
+    assert quota_bytes(lab, FULL)[1] == QUOTA
+    # 0 in the database (no quota in pillar) is unlimited
+    assert "quota_rule\t*:bytes=0" in lab.run("mail01", "doveadm", "user", PWUSER).stdout
+    assert quota_bytes(lab, PWUSER)[1] is None
+
+
+def test_over_quota_is_refused_in_the_smtp_dialogue_without_a_bounce(lab, onboarded, record_property):
+    under = send(lab, FULL, f"{tag('t21u')}@outside.lab.test")
+    assert "250 2.0.0 Ok: queued" in under.stdout, under.stdout     # under quota: accepted
+    deadline = time.monotonic() + 30
+    while quota_bytes(lab, FULL)[0] == 0:
+        assert time.monotonic() < deadline, "the accepted message never arrived"
+        time.sleep(1)
+
+    fill(lab, FULL, 2 * QUOTA)
+    used, limit = quota_bytes(lab, FULL)
+    assert used > limit
+    record_property("full_used_bytes", used)
+
+    sender = f"{tag('t21o')}@outside.lab.test"
+    t0 = time.monotonic()
+    over = send(lab, FULL, sender)
+    record_property("refusal_seconds", round(time.monotonic() - t0, 2))
+    assert over.returncode != 0
+    reply = rcpt_reply(over.stdout)
+    assert "552 5.2.2" in reply and "Mailbox is full" in reply, over.stdout
+    assert "DATA" not in over.stdout.split("RCPT TO:")[1]           # refused before DATA
+
+    # Nothing entered the queue for it, so nothing can bounce: the only log line that names
+    # the sender is the SMTP-time reject, and no bounce or queued message mentions it.
+    time.sleep(3)
+    lines = lab.run("mail01", "grep", "-F", "--", sender, "/var/log/mail.log", check=False).stdout.splitlines()
+    assert len(lines) == 1 and "NOQUEUE: reject: RCPT from" in lines[0] and "552 5.2.2" in lines[0], lines
+    queue = lab.run("mail01", "postqueue", "-j").stdout
+    assert sender not in queue and FULL not in queue, queue
+    bounces = lab.run("mail01", "grep", "-E", "postfix/bounce.*sender non-delivery",
+                      "/var/log/mail.log", check=False).stdout
+    assert sender not in bounces
+
+    # Other recipients are untouched: the unlimited mailbox still receives, and relaying
+    # for a foreign domain is still refused (smtpd_relay_restrictions come first).
+    ok = send(lab, PWUSER, f"{tag('t21p')}@outside.lab.test")
+    assert "250 2.0.0 Ok: queued" in ok.stdout, ok.stdout
+    relay = send(lab, "victim@elsewhere.test", f"{tag('t21r')}@outside.lab.test")
+    assert "Relay access denied" in rcpt_reply(relay.stdout), relay.stdout
+
+
+def test_the_reply_comes_from_pillar_and_a_change_reloads_not_restarts(lab, onboarded):
+    if quota_bytes(lab, FULL)[0] <= QUOTA:
+        fill(lab, FULL, 2 * QUOTA)
+    before = master_pids(lab)
+    ret = apply_mail01(lab, mailfleet={"quota": {"overquota_reply": "452 4.2.2 Mailbox is full, try later"}})
+    changed = {st["__id__"] for st in ret[MAIL01].values() if st.get("changes")}
+    assert "mailfleet-dovecot-conf" in changed, changed
+    try:
+        assert master_pids(lab) == before, "Dovecot or Postfix was restarted, not reloaded"
+        deferred = send(lab, FULL, f"{tag('t21d')}@outside.lab.test")
+        assert "452 4.2.2" in rcpt_reply(deferred.stdout), deferred.stdout
+    finally:
+        apply_mail01(lab)
+    assert master_pids(lab) == before
+    assert "552 5.2.2" in rcpt_reply(send(lab, FULL, f"{tag('t21e')}@outside.lab.test").stdout)
+    again = apply_mail01(lab)
+    assert state_changes(again) == []                 # converged: the next apply is a no-op
+
+
+# --- password hashes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_runner_hashes_verify_with_doveadm_on_mail01(lab, converged, scheme):
+    password = f"{tag('pw')} ünïcode"
+    hashed = runner_hash(password, scheme)
+    assert hashed.startswith("{" + scheme + "}")
+    ok = lab.run("mail01", "doveadm", "pw", "-t", hashed, input=password + "\n")
+    assert ok.stdout.strip() == f"{hashed} (verified)"
+    bad = lab.run("mail01", "doveadm", "pw", "-t", hashed, input=password + "x\n", check=False)
+    assert bad.returncode != 0 and "verification check failed" in bad.stderr
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_module_hashes_on_mail01_and_verifies(lab, converged, scheme):
+    password = f"{tag('pwm')} mod"
+    ret = lab.salt(MAIL01, "mailfleet_password.hash", password, f"scheme={scheme}")[MAIL01]
+    assert isinstance(ret, str) and ret.startswith("{" + scheme + "}"), ret
+    assert lab.salt(MAIL01, "mailfleet_password.verify", password, ret)[MAIL01] is True
+    assert lab.salt(MAIL01, "mailfleet_password.verify", password + "x", ret)[MAIL01] is False
+
+
+IMAP_LOGIN = r"""
+import imaplib, ssl, sys
+imap = imaplib.IMAP4_SSL(sys.argv[1], 993, ssl_context=ssl.create_default_context())
+try:
+    imap.login(sys.argv[2], sys.stdin.readline().rstrip("\n"))
+except imaplib.IMAP4.error as exc:
+    print("REFUSED", exc)
+    sys.exit(1)
+imap.select("INBOX")
+imap.logout()
+print("OK")
+"""
+
+
+def imap_login(lab, user, password) -> bool:
+    proc = lab.run("outside", "python3", "-c", IMAP_LOGIN, MAIL01, user,
+                   input=password + "\n", check=False)
+    assert proc.stdout.strip().startswith(("OK", "REFUSED")), proc.stderr[-2000:]
+    return proc.returncode == 0
+
+
+def test_a_runner_hash_in_pillar_logs_into_imaps_and_a_new_one_changes_the_password(
+        lab, onboarded, passwords):
+    assert imap_login(lab, PWUSER, passwords["first"])
+    assert not imap_login(lab, PWUSER, passwords["second"])
+
+    write_domain(runner_hash(passwords["second"], "BLF-CRYPT"))
+    ret = apply_mail01(lab)
+    assert [c for c in state_changes(ret) if "mailfleet-virtual-users" in c], state_changes(ret)
+    assert imap_login(lab, PWUSER, passwords["second"])
+    assert not imap_login(lab, PWUSER, passwords["first"])
