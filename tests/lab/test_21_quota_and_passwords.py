@@ -7,6 +7,8 @@ re-applied, its maildirs wiped so a re-run starts clean):
 
 - full@    8 KiB quota: under quota it receives; filled past it, a message from `outside`
            gets 552 5.2.2 at RCPT, nothing is queued and no bounce is made on mail01.
+- small@   8 KiB quota, empty: a message declared (SIZE=) bigger than that is refused at
+           RCPT; an undeclared one passes RCPT and is deferred (4.2.2) by LMTP, not bounced.
 - pwuser@  no quota (0 = unlimited); its pillar hash comes from the master's runner; it
            logs into IMAPS, and a new hash in the domain file changes its password at the
            next state.apply.
@@ -26,6 +28,7 @@ from mflab import fleet
 MAIL01 = "mail01.lab.test"
 DOMAIN = "quota21.test"
 FULL = f"full@{DOMAIN}"
+SMALL = f"small@{DOMAIN}"
 PWUSER = f"pwuser@{DOMAIN}"
 QUOTA = 8192
 VENV_BIN = Path(sys.executable).parent
@@ -47,6 +50,7 @@ def write_domain(pw_hash: str) -> None:
         "hosts": [MAIL01], "description": "quota and password lab test (test_21)",
         "mailboxes": {
             "full": {"name": "Over Quota", "password": pw_hash, "quota": QUOTA},
+            "small": {"name": "Small Quota", "password": pw_hash, "quota": QUOTA},
             "pwuser": {"name": "Password Helper", "password": pw_hash},
         }}}}}
     path = fleet.EXTRA_DOMAINS / f"{DOMAIN}.yaml"
@@ -168,6 +172,54 @@ def test_over_quota_is_refused_in_the_smtp_dialogue_without_a_bounce(lab, onboar
     assert "250 2.0.0 Ok: queued" in ok.stdout, ok.stdout
     relay = send(lab, "victim@elsewhere.test", f"{tag('t21r')}@outside.lab.test")
     assert "Relay access denied" in rcpt_reply(relay.stdout), relay.stdout
+
+
+SIZED_SEND = r"""
+import smtplib, sys
+rcpt, sender, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = smtplib.SMTP(sys.argv[4], 25, local_hostname="outside.lab.test", timeout=20)
+s.ehlo()
+assert s.has_extn("size")
+msg = "Subject: sized\r\n\r\n" + ("z" * 75 + "\r\n") * (size // 77 + 1)
+try:
+    s.sendmail(sender, [rcpt], msg)            # smtplib declares SIZE= in MAIL FROM
+    print("250 accepted")
+except smtplib.SMTPRecipientsRefused as exc:
+    code, text = exc.recipients[rcpt]
+    print(code, text.decode())
+s.quit()
+"""
+
+
+def test_a_message_bigger_than_the_room_left(lab, onboarded):
+    # Declared size: quota-status adds it to the usage, so the refusal comes at RCPT.
+    sender = f"{tag('t21s')}@outside.lab.test"
+    out = lab.run("outside", "python3", "-c", SIZED_SEND, SMALL, sender, str(3 * QUOTA), MAIL01).stdout
+    assert out.startswith("552 5.2.2") and "Mailbox is full" in out, out
+    # Undeclared: RCPT cannot know; LMTP refuses the save with 452 4.2.2 and Postfix keeps
+    # the message queued (quota_full_tempfail) instead of bouncing it.
+    sender = f"{tag('t21l')}@outside.lab.test"
+    big = ("y" * 75 + "\n") * (3 * QUOTA // 76)
+    proc = lab.run("outside", "swaks", "--hide-informational", "--timeout", "20", "--server", MAIL01,
+                   "--port", "25", "--ehlo", "outside.lab.test", "--from", sender, "--to", SMALL,
+                   "--body", "-", input=big, timeout=90)
+    assert "250 2.0.0 Ok: queued" in proc.stdout, proc.stdout
+    deadline = time.monotonic() + 30
+    while True:
+        queue = [json.loads(line) for line in lab.run("mail01", "postqueue", "-j").stdout.splitlines()]
+        mine = [q for q in queue if q["sender"] == sender]
+        if mine and mine[0]["recipients"][0].get("delay_reason"):
+            break
+        assert time.monotonic() < deadline, queue
+        time.sleep(1)
+    try:
+        assert "452 4.2.2" in mine[0]["recipients"][0]["delay_reason"], mine
+        assert quota_bytes(lab, SMALL)[0] == 0
+        bounces = lab.run("mail01", "grep", "-E", "postfix/bounce.*sender non-delivery",
+                          "/var/log/mail.log", check=False).stdout
+        assert sender not in bounces
+    finally:
+        lab.run("mail01", "postsuper", "-d", mine[0]["queue_id"])
 
 
 def test_the_reply_comes_from_pillar_and_a_change_reloads_not_restarts(lab, onboarded):
