@@ -87,7 +87,7 @@ def mail_demo() -> int:
     import uuid
     print("\n== salt '*mail*' state.apply")
     t0 = time.monotonic()
-    out = _salt("--out=json", "--static", "-t", "900", "*mail*", "state.apply")
+    out = _salt("--out=json", "--static", "-t", "900", "*mail*", "state.apply", "queue=True")
     try:
         ret = json.loads(out.stdout)
     except ValueError:

@@ -29,6 +29,8 @@ class Lab:
 
     def salt(self, *args: str, timeout: float = 300) -> dict:
         """The `salt` CLI as a postmaster runs it: from the repo root, via the Saltfile."""
+        if "state.apply" in args and not any(a.startswith("queue=") for a in args):
+            args = (*args, "queue=True")  # wait for a run already under way, do not fail
         # --static goes through Salt 3008's batch path, which gives up on returns after
         # `timeout` (+ gather_job_timeout): pass ours, or long state runs come back empty.
         proc = subprocess.run([str(VENV_BIN / "salt"), "--out=json", "--static", "-t", str(int(timeout)), *args],
