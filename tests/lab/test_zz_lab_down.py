@@ -1,9 +1,14 @@
-"""Last in the run: `make lab-down` leaves nothing behind."""
+"""Last in the run: `make lab-down` leaves nothing behind, even from a half-up lab."""
+import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from mflab import config, fleet, image, net
+
+LABCTL = [sys.executable, str(config.REPO / "lab" / "labctl.py")]
 
 
 def running_nspawn() -> list[str]:
@@ -20,9 +25,8 @@ def running_nspawn() -> list[str]:
     return found
 
 
-def test_lab_down_leaves_nothing_behind(lab):
-    proc = subprocess.run([sys.executable, str(config.REPO / "lab" / "labctl.py"), "down"],
-                          capture_output=True, text=True, timeout=120)
+def lab_down_and_nothing_left():
+    proc = subprocess.run(LABCTL + ["down"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert fleet._machine_pids() == {}
     assert running_nspawn() == []
@@ -30,3 +34,19 @@ def test_lab_down_leaves_nothing_behind(lab):
     assert not config.STATE.exists()
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(config.STATE) not in mounts and str(image.image_path()) not in mounts
+
+
+def test_a_half_up_lab_is_brought_down_cleanly(lab):
+    # A host crashed (its nspawn killed) and the master died: status says so, down cleans up.
+    state = fleet.load_state()
+    os.kill(state["hosts"]["attacker"]["nspawn_pid"], signal.SIGKILL)
+    os.kill(state["master_pid"], signal.SIGKILL)
+    status = subprocess.run(LABCTL + ["status", "--json"], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1
+    hosts = json.loads(status.stdout)["hosts"]
+    assert hosts["master"]["running"] is False and hosts["mail01"]["running"] is True
+    lab_down_and_nothing_left()
+
+
+def test_lab_down_twice_is_harmless(lab):
+    lab_down_and_nothing_left()
