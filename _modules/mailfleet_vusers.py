@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 
 try:
@@ -127,9 +128,30 @@ class _Report:
 # --------------------------------------------------------------------------- parsing
 
 
+# Pure functions of one string, called 100,000 times with a handful of distinct values
+# (quotas, local parts): their valid answers are remembered (errors are not).
+_MEMO_MAX = 1 << 16
+_QUOTA_MEMO = {}
+_LOCAL_MEMO = {}
+
+
 def parse_quota(value):
     """Quota in bytes from an int (bytes) or a string with unit B, K, M, G or T (binary
     multiples). 0 means unlimited. Raises ValueError."""
+    kind = type(value)
+    if kind is str:
+        nbytes = _QUOTA_MEMO.get(value)
+        if nbytes is None:
+            nbytes = _parse_quota(value)
+            if len(_QUOTA_MEMO) < _MEMO_MAX:
+                _QUOTA_MEMO[value] = nbytes
+        return nbytes
+    if kind is int and value >= 0:
+        return value
+    return _parse_quota(value)
+
+
+def _parse_quota(value):
     if isinstance(value, bool) or value is None:
         raise ValueError(f"invalid quota {value!r}")
     if isinstance(value, int):
@@ -202,6 +224,15 @@ def _idna_domain(name):
 
 def check_local_part(local):
     """The lower-cased local part; ValueError when not an ASCII dot-atom of <= 64 chars."""
+    low = _LOCAL_MEMO.get(local) if type(local) is str else None
+    if low is None:
+        low = _check_local_part(local)
+        if len(_LOCAL_MEMO) < _MEMO_MAX:
+            _LOCAL_MEMO[local] = low
+    return low
+
+
+def _check_local_part(local):
     if not isinstance(local, str) or not local:
         raise ValueError(f"invalid local part {local!r}: empty")
     if len(local) > 64:
@@ -228,9 +259,15 @@ def parse_address(addr):
     return check_local_part(local), idna_domain(dom)
 
 
+# every well-formed hash in one pattern (the upper-case scheme names): the common case
+_HASH_OK = re.compile("|".join(rf"\{{{re.escape(scheme)}\}}(?:{_HASH_RE[scheme].pattern})" for scheme in SCHEMES))
+
+
 def check_password(value):
     """None when ``value`` is a {SCHEME}-prefixed hash Dovecot verifies, else the reason.
     Never echoes the value (it is a secret)."""
+    if type(value) is str and _HASH_OK.fullmatch(value):
+        return None
     if not isinstance(value, str) or not value:
         return f"missing password; {_SCHEME_HINT}"
     m = _SCHEME_RE.fullmatch(value)
@@ -249,6 +286,8 @@ def check_password(value):
 
 
 def _text(value, path, report, field, maxlen=255, default=""):
+    if type(value) is str and len(value) <= maxlen and value.isprintable():
+        return value  # printable: no control characters
     if value is None:
         return default
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -426,13 +465,22 @@ def _validate_domain(dom, dpath, dcfg, rep):
     if not isinstance(mailboxes, dict):
         rep.error(f"{dpath}:mailboxes", "must be a mapping of local part to settings")
         mailboxes = {}
+    d_mailboxes, d_quota, d_maxquota = d["mailboxes"], d["quota"], d["maxquota"]
+    room = 254 - len(dom)  # longest local part that keeps the address within 255 characters
     for mkey, mcfg in mailboxes.items():
         mpath = f"{dpath}:mailboxes:{mkey}"
-        local = _local_in_domain(str(mkey), dom, mpath, rep, allow_catchall=False)
+        local = None
+        if type(mkey) is str and "@" not in mkey and mkey:
+            try:
+                local = check_local_part(mkey)
+            except ValueError:
+                pass  # _local_in_domain reports it
         if local is None:
-            continue
-        if local in d["mailboxes"]:
-            rep.error(mpath, f"duplicate mailbox {local}@{dom} (also {d['mailboxes'][local]['path']})")
+            local = _local_in_domain(str(mkey), dom, mpath, rep, allow_catchall=False)
+            if local is None:
+                continue
+        if local in d_mailboxes:
+            rep.error(mpath, f"duplicate mailbox {local}@{dom} (also {d_mailboxes[local]['path']})")
             continue
         if mcfg is None:
             mcfg = {}
@@ -443,26 +491,32 @@ def _validate_domain(dom, dpath, dcfg, rep):
         why = check_password(pw)
         if why:
             rep.error(f"{mpath}:password", why)
-        quota = d["quota"]
-        if mcfg.get("quota") is not None:
+        quota = d_quota
+        mquota = mcfg.get("quota")
+        if mquota is not None:
             try:
-                quota = parse_quota(mcfg["quota"])
+                quota = parse_quota(mquota)
             except ValueError as exc:
                 rep.error(f"{mpath}:quota", str(exc))
             else:
-                if d["maxquota"] and (quota == 0 or quota > d["maxquota"]):
-                    rep.error(f"{mpath}:quota", f"{format_quota(quota) if quota else 'unlimited (0)'} exceeds the domain's maxquota {format_quota(d['maxquota'])}")
+                if d_maxquota and (quota == 0 or quota > d_maxquota):
+                    rep.error(f"{mpath}:quota", f"{format_quota(quota) if quota else 'unlimited (0)'} exceeds the domain's maxquota {format_quota(d_maxquota)}")
         if quota > BIGINT_MAX:
             rep.error(f"{mpath}:quota", "too large")
         name = _text(mcfg.get("name"), mpath, rep, "name")  # utf8mb4 column (upgrade 1845)
-        if len(f"{local}@{dom}") > 255:
+        if len(local) > room:
             rep.error(mpath, "address longer than 255 characters")
-        d["mailboxes"][local] = {
+        active = mcfg.get("active")
+        if active is None:
+            active = True
+        elif active is not True and active is not False:
+            active = _bool(active, f"{mpath}:active", rep)
+        d_mailboxes[local] = {
             "path": mpath,
             "password": pw if isinstance(pw, str) else "",
             "name": name,
             "quota": quota,
-            "active": _bool(mcfg.get("active"), f"{mpath}:active", rep),
+            "active": active,
         }
 
     # aliases
@@ -470,16 +524,24 @@ def _validate_domain(dom, dpath, dcfg, rep):
     if not isinstance(aliases, dict):
         rep.error(f"{dpath}:aliases", "must be a mapping of local part to a list of targets")
         aliases = {}
+    d_aliases = d["aliases"]
     for akey, targets in aliases.items():
         apath = f"{dpath}:aliases:{akey}"
-        local = _local_in_domain(str(akey), dom, apath, rep, allow_catchall=True)
+        local = None
+        if type(akey) is str and "@" not in akey and akey:
+            try:
+                local = check_local_part(akey)
+            except ValueError:
+                pass  # _local_in_domain reports it
         if local is None:
+            local = _local_in_domain(str(akey), dom, apath, rep, allow_catchall=True)
+            if local is None:
+                continue
+        if local in d_mailboxes:
+            rep.error(apath, f"alias {local}@{dom} is also a mailbox ({d_mailboxes[local]['path']})")
             continue
-        if local in d["mailboxes"]:
-            rep.error(apath, f"alias {local}@{dom} is also a mailbox ({d['mailboxes'][local]['path']})")
-            continue
-        if local in d["aliases"]:
-            rep.error(apath, f"duplicate alias {local}@{dom} (also {d['aliases'][local]['path']})")
+        if local in d_aliases:
+            rep.error(apath, f"duplicate alias {local}@{dom} (also {d_aliases[local]['path']})")
             continue
         if isinstance(targets, str):
             targets = [targets]
@@ -489,18 +551,27 @@ def _validate_domain(dom, dpath, dcfg, rep):
         norm, tpaths = [], []
         for i, t in enumerate(targets):
             tpath = f"{apath}[{i}]"
-            try:
-                tl, td = parse_address(t)
-            except ValueError as exc:
-                rep.error(tpath, str(exc))
-                continue
-            addr = f"{tl}@{td}"
+            addr = None
+            if type(t) is str:
+                tl, _, td = t.rpartition("@")
+                if td == dom:  # inside this domain (its canonical form): parse_address's answer
+                    try:
+                        addr = f"{check_local_part(tl)}@{dom}"
+                    except ValueError:
+                        pass  # parse_address says why
+            if addr is None:
+                try:
+                    tl, td = parse_address(t)
+                except ValueError as exc:
+                    rep.error(tpath, str(exc))
+                    continue
+                addr = f"{tl}@{td}"
             if addr not in norm:
                 norm.append(addr)
                 tpaths.append(tpath)
         if len(",".join(norm)) > 65535:
             rep.error(apath, "too many targets (goto longer than 65535 bytes)")
-        d["aliases"][local] = {"path": apath, "targets": norm, "target_paths": tpaths, "implicit": False}
+        d_aliases[local] = {"path": apath, "targets": norm, "target_paths": tpaths, "implicit": False}
 
     # alias domains
     adoms = dcfg.get("alias_domains") or []
@@ -561,22 +632,21 @@ def _check_targets(model, alias_domains, rep):
     mailboxes = set()
     aliases = {}  # address -> (targets, path, target_paths)
     for dom, d in domains.items():
-        for local in d["mailboxes"]:
-            mailboxes.add(f"{local}@{dom}")
+        at_dom = "@" + dom
+        mailboxes.update([local + at_dom for local in d["mailboxes"]])
         for local, a in d["aliases"].items():
-            aliases[f"{local}@{dom}"] = a
-
-    def resolve(addr):
-        local, _, dom = addr.rpartition("@")
-        if dom in alias_domains:
-            dom = alias_domains[dom]
-        return f"{local}@{dom}" if local else f"@{dom}", local, dom
+            aliases[local + at_dom] = a
 
     edges = {}  # alias address -> [alias addresses it expands to]
     for addr, a in aliases.items():
         out = []
         for t, tpath in zip(a["targets"], a["target_paths"]):
-            r, local, dom = resolve(t)
+            # targets are normalised "local@domain": resolved through an alias domain
+            local, _, dom = t.rpartition("@")
+            r = t
+            if dom in alias_domains:
+                dom = alias_domains[dom]
+                r = f"{local}@{dom}" if local else f"@{dom}"
             where = tpath
             if r in mailboxes:
                 continue
@@ -599,6 +669,9 @@ def _check_targets(model, alias_domains, rep):
     reported = set()
     for start in edges:
         if colour[start] != WHITE:
+            continue
+        if not edges[start]:  # expands to mailboxes and external addresses only
+            colour[start] = BLACK
             continue
         stack = [(start, iter(edges[start]))]
         colour[start] = GREY
@@ -1035,6 +1108,216 @@ def read_state(conn, with_managed=True):
     return current, managed
 
 
+# ------------------------------------------------------------------ partition digests
+
+# A no-op sync must not pull 300,000 rows through PyMySQL (pure Python, ~10 us a row).
+# Rows are grouped into partitions by the domain part of their key (a domain's own row, its
+# mailboxes, aliases and catch-all; an alias domain on its own), ownership records by the
+# domain part of their item. MariaDB digests every partition: per table, the row count and
+# the MD5 of the compared columns (key + MANAGED_COLS, ownership records likewise), rows
+# joined in byte order of their keys. The pillar's rows get the same digest in Python.
+# Only partitions whose digests differ are read and diffed. Equal digests mean equal rows:
+# every compared column is NOT NULL in PostfixAdmin's schema and the pillar's values never
+# hold the separators (control characters are refused by validation), so with equal row
+# counts an equal string can only come from equal fields. A partition's GROUP_CONCAT
+# beyond max_allowed_packet is truncated: its digest never matches and it is always read.
+
+_DIGEST_TAG = {"domain": "a", "mailbox": "b", "alias": "c", "alias_domain": "d", MANAGED_TABLE: "m"}
+_DIGEST_MAX_LEN = 1 << 30  # group_concat_max_len asked for; the server caps it at max_allowed_packet
+
+
+def partition_of(key):
+    """The partition of a (lower-case) key: its domain part; a domain is its own."""
+    return key.rpartition("@")[2]
+
+
+def _part_sql(col):
+    return f"LOWER(SUBSTRING_INDEX({col}, '@', -1))"
+
+
+def _digest_sql(with_managed=True):
+    selects = []
+    for t in TABLES:
+        k = f"t.`{KEY[t]}`"
+        cols = ", ".join(f"t.`{c}`" for c in (KEY[t],) + MANAGED_COLS[t])
+        selects.append(
+            f"SELECT {_part_sql(k)} p, '{_DIGEST_TAG[t]}' k, COUNT(*) n, MD5(GROUP_CONCAT(CONCAT_WS(CHAR(31), {cols}) "
+            f"ORDER BY CAST({k} AS BINARY) SEPARATOR '\\n')) h FROM `{t}` t GROUP BY p")
+    if with_managed:
+        selects.append(
+            f"SELECT {_part_sql('m.item')} p, '{_DIGEST_TAG[MANAGED_TABLE]}' k, COUNT(*) n, MD5(GROUP_CONCAT(CONCAT_WS("
+            "CHAR(31), m.tbl, m.item, m.domain, IFNULL(m.deactivated, ''), IFNULL(m.purge_after_days, '')) "
+            f"ORDER BY m.tbl, CAST(m.item AS BINARY) SEPARATOR '\\n')) h FROM `{MANAGED_TABLE}` m GROUP BY p")
+    return (f"SELECT p, GROUP_CONCAT(k, ':', n, ':', h ORDER BY k SEPARATOR ' ') FROM ("
+            + " UNION ALL ".join(selects) + ") x GROUP BY p")
+
+
+def read_digests(conn, with_managed=True):
+    """``{partition: digest}`` of what the database holds (see desired_digests)."""
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION group_concat_max_len = %s", (_DIGEST_MAX_LEN,))
+        cur.execute(_digest_sql(with_managed))
+        return dict(cur.fetchall())
+
+
+def desired_digests(desired, retention=None):
+    """``{partition: digest}`` of the rows ``desired`` declares, with the ownership records
+    a sync leaves behind for them: exactly what read_digests() returns for a database
+    already in that state."""
+    return _desired_digests(desired, retention)[0]
+
+
+def _desired_digests(desired, retention=None):
+    """desired_digests(), and ``{partition: {table: [keys]}}`` (keys sorted)."""
+    from hashlib import md5
+
+    retention = retention or {}
+    keys = {}  # partition -> {table: [keys]}
+    digests = {}  # partition -> [per-table digests]
+    records = {}  # partition -> {table: ownership record strings, joined}
+    for t in TABLES:
+        tag = _DIGEST_TAG[t]
+        fmt = "\x1f".join(["{}"] * (1 + len(MANAGED_COLS[t]))).format
+        dom_index = {"domain": None, "alias_domain": 0}.get(t, -2)
+        runs = {}  # partition -> ([row strings], [keys], owning domains: None when all are the partition)
+        last_p = run = None
+        p_lower = True
+        for key, (m, _) in desired[t].items():
+            p = key.rpartition("@")[2]
+            if p != last_p:  # desired rows come domain by domain: few lookups
+                last_p, run, p_lower = p, runs.get(p), p == p.lower()
+                if run is None:
+                    run = runs[p] = ([], [], None)
+            run[0].append(fmt(key, *m))
+            run[1].append(key)
+            # the owning domain, as _row_domain() has it
+            if dom_index is None:
+                own = key
+            else:
+                own = m[dom_index]
+                if own != p or not p_lower:
+                    own = (own or "").lower()
+            if own != p or run[2] is not None:
+                if run[2] is None:  # not the common shape: the owning domain of every row
+                    run = runs[p] = (run[0], run[1], [p] * (len(run[1]) - 1))
+                run[2].append(own)
+        for p, (rows, ks, doms) in runs.items():
+            rows.sort()  # keys are unique and end at \x1f: by key, as ORDER BY the key's bytes
+            digests.setdefault(p, []).append(
+                f"{tag}:{len(rows)}:{md5(chr(10).join(rows).encode('utf-8')).hexdigest()}")
+            if doms is None:  # every row owned by domain p: one join
+                ks.sort()
+                days = retention.get(p)  # p is the owning domain of every row
+                pre, suf = f"{t}\x1f", f"\x1f{p}\x1f\x1f{'' if days is None else days}"
+                recs = pre + (suf + "\n" + pre).join(ks) + suf
+            else:
+                pairs = sorted(zip(ks, doms))
+                ks = [k for k, _ in pairs]
+                recs = "\n".join(f"{t}\x1f{k}\x1f{dom}\x1f\x1f{'' if retention.get(dom) is None else retention[dom]}"
+                                  for k, dom in pairs)
+            keys.setdefault(p, {})[t] = ks
+            records.setdefault(p, {})[t] = recs
+    mtag = _DIGEST_TAG[MANAGED_TABLE]
+    out = {}
+    for p, recs in records.items():
+        n = sum(len(ks) for ks in keys[p].values())
+        joined = "\n".join(recs[t] for t in sorted(recs))  # ORDER BY tbl, item
+        out[p] = " ".join(digests[p]) + f" {mtag}:{n}:{md5(joined.encode('utf-8')).hexdigest()}"
+    return out, keys
+
+
+def dirty_partitions(want, have, exclusive=False):
+    """Partitions to read and diff: digests that differ, and partitions only the database
+    has that hold ownership records (or any rows, when ``exclusive``)."""
+    dirty = {p for p, d in want.items() if have.get(p) != d}
+    mtag = _DIGEST_TAG[MANAGED_TABLE] + ":"
+    for p, d in have.items():
+        if p not in want and (exclusive or any(x.startswith(mtag) for x in d.split(" "))):
+            dirty.add(p)
+    return dirty
+
+
+def digest_counts(digest):
+    """``{tag: rows}`` of one partition's digest."""
+    out = {}
+    for part in digest.split(" "):
+        tag, n, _ = part.split(":")
+        out[tag] = int(n)
+    return out
+
+
+def read_partitions(conn, parts, counts=None, keys=None):
+    """read_state() for the rows and ownership records of the partitions ``parts`` only.
+
+    With ``counts`` (``{partition: {tag: rows}}``, from the database's digests) rows are
+    looked up through indexes: mailbox and alias rows by their domain column, domains and
+    alias domains by key, ownership records by the keys read and the keys in ``keys``
+    (``{partition: {table: [keys]}}``, the pillar's). A table whose rows found that way
+    do not add up to the digest's counts (a row filed under another domain, a record of
+    a row gone) is read again by scanning for the partition."""
+    current = {t: {} for t in TABLES}
+    managed = {}
+    parts = sorted(parts)
+    if not parts:
+        return current, managed
+    wanted = set(parts)
+    counts = counts or {}
+    keys = keys or {}
+    marks = ", ".join(["%s"] * len(parts))
+    with conn.cursor() as cur:
+        for t in TABLES:
+            cols, exprs, _ = _select_parts(t, False)
+            nm = len(MANAGED_COLS[t])
+            key = f"t.`{KEY[t]}`"
+            select = f"SELECT {key}, {', '.join(exprs)} FROM `{t}` t WHERE "
+            tag = _DIGEST_TAG[t]
+            found = None
+            if counts:
+                by = "t.`domain`" if t in ("mailbox", "alias") else key
+                cur.execute(select + f"{by} IN ({marks})", parts)
+                found, seen = {}, {}
+                for row in cur.fetchall():
+                    k = row[0].lower()
+                    p = k.rpartition("@")[2]
+                    if p in wanted:
+                        found[k] = (tuple(row[1:1 + nm]), tuple(row[1 + nm:]))
+                        seen[p] = seen.get(p, 0) + 1
+                if any(seen.get(p, 0) != counts.get(p, {}).get(tag, 0) for p in parts):
+                    found = None
+            if found is None:
+                cur.execute(select + f"{_part_sql(key)} IN ({marks})", parts)
+                found = {row[0].lower(): (tuple(row[1:1 + nm]), tuple(row[1 + nm:])) for row in cur.fetchall()}
+            current[t] = found
+        mtag = _DIGEST_TAG[MANAGED_TABLE]
+        cols = "tbl, item, domain, deactivated, purge_after_days"
+        found = None
+        if counts:
+            pairs = set()
+            for t in TABLES:
+                pairs.update((t, k) for k in current[t])
+                for p in parts:
+                    pairs.update((t, k) for k in keys.get(p, {}).get(t, ()))
+            pairs = sorted(pairs)
+            found, seen = {}, {}
+            for i in range(0, len(pairs), 1000):
+                chunk = pairs[i:i + 1000]
+                cur.execute(f"SELECT {cols} FROM `{MANAGED_TABLE}` WHERE (tbl, item) IN "
+                            f"({', '.join(['(%s, %s)'] * len(chunk))})", [x for pair in chunk for x in pair])
+                for tbl, item, dom, deact, days in cur.fetchall():
+                    k = item.lower()
+                    p = k.rpartition("@")[2]
+                    if p in wanted and (tbl, k) not in found:
+                        found[(tbl, k)] = ((dom or "").lower(), _datetime(deact), days)
+                        seen[p] = seen.get(p, 0) + 1
+            if any(seen.get(p, 0) != counts.get(p, {}).get(mtag, 0) for p in parts):
+                found = None
+        if found is None:
+            cur.execute(f"SELECT {cols} FROM `{MANAGED_TABLE}` m WHERE {_part_sql('m.item')} IN ({marks})", parts)
+            found = {(tbl, item.lower()): ((dom or "").lower(), _datetime(deact), days)
+                     for tbl, item, dom, deact, days in cur.fetchall()}
+        managed.update(found)
+    return current, managed
+
 def _upsert_sql(t):
     cols = (KEY[t],) + MANAGED_COLS[t] + INSERT_COLS[t] + ("created", "modified")
     updates = ", ".join(f"`{c}`=VALUES(`{c}`)" for c in MANAGED_COLS[t] + ("modified",))
@@ -1143,7 +1426,9 @@ def run_sync(cfg, test=False, host=None, vmail_dir=DEFAULT_VMAIL, batch_size=100
 
     Returns a dict: result (True/False), test, changed (bool), changes (summary),
     counts, comment, errors (all of them), warnings (the first ``limit``, all with
-    ``full``), warning_count, seconds, timings (per stage)."""
+    ``full``), warning_count, seconds, timings (per stage), partitions (how many
+    partitions there are and how many were read and diffed because their digests differed;
+    None when everything was read)."""
     # Hundreds of thousands of small tuples and dicts, none of them cyclic: the cyclic
     # collector would rescan the growing heap again and again (superlinear time).
     gc_was_enabled = gc.isenabled()
@@ -1155,10 +1440,84 @@ def run_sync(cfg, test=False, host=None, vmail_dir=DEFAULT_VMAIL, batch_size=100
             gc.enable()
 
 
+class _Prefetch(threading.Thread):
+    """The database side of a sync, started before validation so MariaDB digests its
+    partitions while Python validates the pillar (two cores at work): connect, take the
+    sync lock (unless ``test``), open the transaction, read NOW() and the digests. Only
+    reads: nothing is written before the pillar is known to be valid."""
+
+    def __init__(self, db, test, lock_timeout):
+        super().__init__(name="mailfleet_vusers-prefetch", daemon=True)
+        self.db, self.test, self.lock_timeout = db, test, lock_timeout
+        self.conn = None
+        self.has_managed = False
+        self.now = None
+        self.digests = None
+        self.error = None
+        self._mutex = threading.Lock()
+        self._done = self._abandoned = False
+        self.checked = threading.Event()  # has_managed is known (or the thread failed)
+
+    def run(self):
+        try:
+            self._run()
+        except Exception as exc:  # pylint: disable=broad-except
+            self.error = exc  # raised again in the caller's thread
+        self.checked.set()
+        with self._mutex:
+            self._done = True
+            abandoned = self._abandoned
+        if abandoned:
+            self.close()
+
+    def abandon(self):
+        """The caller no longer waits (invalid pillar): close the connection now, or when
+        the thread is done (it may be waiting for the lock)."""
+        with self._mutex:
+            self._abandoned = True
+            done = self._done
+        if done:
+            self.close()
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+
+    def _run(self):
+        self.conn = connect(self.db)
+        if not self.test:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME, self.lock_timeout))
+                if cur.fetchone()[0] != 1:
+                    raise SyncError(f"another sync holds the lock {LOCK_NAME!r}")
+        self.has_managed = managed_table_exists(self.conn)
+        self.checked.set()
+        if self.has_managed:
+            self.conn.begin()
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT NOW()")
+                self.now = cur.fetchone()[0]
+            self.digests = read_digests(self.conn)
+
+    def result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+# Above this share of dirty partitions, one full read is cheaper than a filtered one.
+FULL_READ_SHARE = 0.5
+
+
 def _run_sync(cfg, test, host, vmail_dir, batch_size, batch_callback, full, limit, lock_timeout, socket):
     t0 = time.monotonic()
     ret = {"result": False, "test": bool(test), "changed": False, "changes": {}, "counts": {},
-           "comment": "", "errors": [], "warnings": [], "warning_count": 0, "seconds": 0.0, "timings": {}}
+           "comment": "", "errors": [], "warnings": [], "warning_count": 0, "seconds": 0.0, "timings": {},
+           "partitions": None}
     timings = ret["timings"]
 
     def lap(stage, since=[t0]):  # pylint: disable=dangerous-default-value
@@ -1166,43 +1525,79 @@ def _run_sync(cfg, test, host, vmail_dir, batch_size, batch_callback, full, limi
         timings[stage] = round(now_ - since[0], 3)
         since[0] = now_
 
-    model, errors, warnings = validate_pillar(cfg)
-    lap("validate")
-    db, db_errors = db_settings(cfg.get("db") if isinstance(cfg, dict) else None, socket)
-    errors += db_errors
-    ret["warning_count"] = len(warnings)
-    ret["warnings"] = warnings if full else warnings[:limit]
-    if errors:
-        ret["errors"] = errors
-        ret["comment"] = _comment(ret, f"pillar invalid, nothing written ({len(errors)} error{'s' if len(errors) != 1 else ''}):", errors)
-        ret["seconds"] = round(time.monotonic() - t0, 3)
-        return ret
-    desired, retention = desired_rows(model, host)
-    lap("desired")
-
     import pymysql
 
+    db, db_errors = db_settings(cfg.get("db") if isinstance(cfg, dict) else None, socket)
+    prefetch = None
+    if not db_errors:
+        prefetch = _Prefetch(db, test, lock_timeout)
+        prefetch.start()
     conn = None
     moved = []
     try:
-        conn = connect(db)
-        has_managed = managed_table_exists(conn)
-        if not test:
-            with conn.cursor() as cur:
-                cur.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME, lock_timeout))
-                if cur.fetchone()[0] != 1:
-                    raise SyncError(f"another sync holds the lock {LOCK_NAME!r}")
-            if not has_managed:
+        model, errors, warnings = validate_pillar(cfg)
+        lap("validate")
+        errors += db_errors
+        ret["warning_count"] = len(warnings)
+        ret["warnings"] = warnings if full else warnings[:limit]
+        if errors:
+            ret["errors"] = errors
+            ret["comment"] = _comment(ret, f"pillar invalid, nothing written ({len(errors)} error{'s' if len(errors) != 1 else ''}):", errors)
+            ret["seconds"] = round(time.monotonic() - t0, 3)
+            if prefetch is not None:
+                prefetch.abandon()
+                prefetch = None
+            return ret
+        desired, retention = desired_rows(model, host)
+        lap("desired")
+        want = None
+        prefetch.checked.wait()
+        if prefetch.has_managed:  # digests of the pillar's rows, while MariaDB digests its own
+            want, part_keys = _desired_digests(desired, retention)
+            lap("digest")
+
+        try:
+            prefetch.result()
+        finally:
+            conn = prefetch.conn
+        has_managed, now = prefetch.has_managed, prefetch.now
+        if not has_managed:
+            if not test:
                 ensure_managed_table(conn)
-                has_managed = True
-        conn.begin()
-        with conn.cursor() as cur:
-            cur.execute("SELECT NOW()")
-            now = cur.fetchone()[0]
+            conn.begin()
+            with conn.cursor() as cur:
+                cur.execute("SELECT NOW()")
+                now = cur.fetchone()[0]
         lap("connect")
-        current, managed = read_state(conn, has_managed)
-        lap("read")
-        diff = compute_diff(desired, current, managed, now, exclusive=model["exclusive"], retention=retention)
+        partial = None
+        if want is not None and prefetch.digests is not None:
+            dirty = dirty_partitions(want, prefetch.digests, exclusive=model["exclusive"])
+            ret["partitions"] = {"total": len(set(want) | set(prefetch.digests)), "read": len(dirty)}
+            if len(dirty) <= FULL_READ_SHARE * max(len(want), 1):
+                partial = dirty
+        if partial is not None:
+            have = prefetch.digests
+            counts = {p: digest_counts(have[p]) if p in have else {} for p in partial}
+            current, managed = read_partitions(conn, partial, counts=counts, keys=part_keys)
+            keep = set(partial)
+            for t in TABLES:
+                keep.update(partition_of(k) for k in current[t])
+            keep.update(partition_of(k) for _, k in managed)
+            part_desired = {t: {} for t in TABLES}
+            for p in keep:
+                for t, ks in part_keys.get(p, {}).items():
+                    rows, sub = desired[t], part_desired[t]
+                    for k in ks:
+                        sub[k] = rows[k]
+            lap("read")
+            diff = compute_diff(part_desired, current, managed, now, exclusive=model["exclusive"], retention=retention)
+            if diff.purge["domain"]:
+                # whether a domain may go depends on every row that stays: read them all
+                partial = None
+        if partial is None:
+            current, managed = read_state(conn, has_managed or not test)
+            lap("read")
+            diff = compute_diff(desired, current, managed, now, exclusive=model["exclusive"], retention=retention)
         lap("diff")
         notes = []
         if test or diff.empty:
@@ -1226,11 +1621,9 @@ def _run_sync(cfg, test, host, vmail_dir, batch_size, batch_callback, full, limi
         ret["seconds"] = round(time.monotonic() - t0, 3)
         return ret
     finally:
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # pylint: disable=broad-except
-                pass
+        if prefetch is not None:
+            prefetch.join()
+            prefetch.close()
 
     ret["result"] = True
     ret["changed"] = not diff.empty
