@@ -200,6 +200,10 @@ def master_config() -> str:
         "module_dirs:", f"  - {r}/salt",
         "ext_pillar:", "  - mailfleet_domains:", "      path:", f"        - {r}/pillar/domains",
         f"        - {EXTRA_DOMAINS}  # tests and benchmarks onboard domains here",
+        "  - mailfleet_bans: {}  # the ban ledger's bans in force, for reconciliation",
+        "# Ban path (issue 6); config/master.d/mailfleet.conf maps the same and is included last.",
+        "reactor:", "  - 'mailfleet/abuse/report':", "    - salt://reactor/abuse.sls",
+        "  - 'salt/minion/*/start':", "    - salt://reactor/minion_start.sls",
         f"mailfleet_tsig_keyfile: {config.STATE}/tsig.key",
         f"mailfleet_lab_ca: {SHARED}/lab-ca.pem",
         f"include: {r}/config/master.d/*.conf", ""])

@@ -7,3 +7,8 @@ mailfleet:
     # The seed's sabotage exercise relies on this: a HELO name that does not resolve is refused.
     reject_unknown_helo_hostname: true
     submissions: true
+  defense:
+    # outside.lab.test is the lab's well-behaved client, and the mail-host tests use it to
+    # check that relaying and bad passwords are refused: that must not get it banned.
+    # (The master's mailfleet_defense runner reads this allow-list from each host's pillar.)
+    allow: [198.18.0.100]

@@ -8,4 +8,5 @@ include:
   - mail.postfix
   - mail.dovecot
   - mail.firewall
+  - mail.defense
   - mail.vusers

@@ -1,0 +1,125 @@
+"""
+mailfleet_watch: the minion engine that watches the mail log (issue 6, detection).
+
+A long-running process (an engine, started and restarted by the salt-minion): it follows the
+log with :class:`mailfleet_maillog.Tailer` (rotation and truncation safe, offset saved across
+restarts), classifies lines with :class:`mailfleet_maillog.Scanner`, counts them in a
+:class:`mailfleet_maillog.Aggregator` and, once per ``interval``, fires at most ONE event to
+the master, never one per line::
+
+    tag  mailfleet/abuse/report
+    data {"host": <minion id>, "interval": [start, end], "events": {kind: n},
+          "offenders": [{"ip", "rules": {rule: n}, "kinds": {kind: n}, "services", "users"}],
+          "outbound": [...], "deferred": n, "dropped": n, "untracked": n}
+
+bounded by the aggregator (``max_ips`` offenders per report, the rest carried over). The
+master's abuse reactor hands it to the ``mailfleet_defense`` runner.
+
+Configured by the mail formula (salt/mail/defense.sls writes /etc/salt/minion.d/mailfleet-
+defense.conf from pillar ``mailfleet:defense``)::
+
+    engines:
+      - mailfleet_watch:
+          log: /var/log/mail.log
+          interval: 1            # seconds between reports
+          poll: 0.1              # seconds between reads of the log
+          thresholds: {relay: {count: 3, window: 600}, ...}   # see mailfleet_maillog
+          max_ips: 500
+"""
+import importlib.util
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mailfleet_watch"
+TAG = "mailfleet/abuse/report"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _maillog():
+    """The detection core, imported from wherever the loader found our modules."""
+    if "mailfleet_maillog" in sys.modules:
+        return sys.modules["mailfleet_maillog"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    cands = [os.path.join(here, "..", "modules"), os.path.join(here, "..", "_modules")]
+    ext = __opts__.get("extension_modules")  # noqa: F821
+    if ext:
+        cands.insert(0, os.path.join(ext, "modules"))
+    for d in cands:
+        path = os.path.join(d, "mailfleet_maillog.py")
+        if os.path.exists(path):
+            spec = importlib.util.spec_from_file_location("mailfleet_maillog", path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules["mailfleet_maillog"] = mod
+            spec.loader.exec_module(mod)
+            return mod
+    raise ImportError("mailfleet_maillog.py not found (saltutil.sync_modules?)")
+
+
+class Watcher:
+    """Tail + scan + aggregate; ``step(now)`` returns a report due at ``now`` or None."""
+
+    def __init__(self, ml, path, host, state_file=None, thresholds=None, max_ips=500, interval=1.0):
+        self.ml, self.host, self.state_file = ml, host, state_file
+        state = ml.load_state(state_file) if state_file else None
+        self.tailer = ml.Tailer(path, state)
+        self.scanner = ml.Scanner()
+        self.agg = ml.Aggregator(thresholds, max_ips=max_ips, start=time.time())
+        self.interval = float(interval)
+        self.next_report = time.monotonic() + self.interval
+        self.saved_at = 0.0
+
+    def poll(self):
+        data = self.tailer.read()
+        if data:
+            self.agg.add_all(self.scanner.scan(data))
+        for note in self.tailer.notes:
+            log.info("mailfleet_watch: %s %s", *note)
+        return len(data)
+
+    def due(self, mono):
+        return mono >= self.next_report
+
+    def report(self, now, mono):
+        self.next_report = mono + self.interval
+        rep = self.agg.report(now)
+        if self.state_file and mono - self.saved_at >= 5:
+            self.saved_at = mono
+            try:
+                self.ml.save_state(self.state_file, self.tailer.state or {})
+            except OSError as exc:
+                log.warning("mailfleet_watch: saving %s: %s", self.state_file, exc)
+        if rep is None or not (rep["offenders"] or rep["outbound"]):
+            return None
+        rep["host"] = self.host
+        return rep
+
+
+def start(log_file="/var/log/mail.log", interval=1.0, poll=0.1, thresholds=None, max_ips=500,
+          tag=TAG, state_file=None, **_ignored):
+    ml = _maillog()
+    host = __opts__["id"]  # noqa: F821
+    if state_file is None:
+        state_file = os.path.join(__opts__.get("cachedir", "/var/cache/salt/minion"), "mailfleet_watch.state")  # noqa: F821
+    log_file = _ignored.get("log", log_file)
+    w = Watcher(ml, log_file, host, state_file, thresholds, int(max_ips), float(interval))
+    log.info("mailfleet_watch: following %s, report every %ss to %s", log_file, interval, tag)
+    while True:
+        try:
+            w.poll()
+            mono = time.monotonic()
+            if w.due(mono):
+                rep = w.report(time.time(), mono)
+                if rep is not None:
+                    __salt__["event.fire_master"](rep, tag)  # noqa: F821
+                    log.info("mailfleet_watch: reported %d offenders", len(rep["offenders"]))
+        except Exception:  # pylint: disable=broad-except
+            log.exception("mailfleet_watch: loop error")
+            time.sleep(1)
+        time.sleep(float(poll))

@@ -1,0 +1,468 @@
+"""
+The fleet's ban decisions (issue 6): the abuse reactor hands every ``mailfleet/abuse/report``
+event to :func:`report`; this runner treats it as untrusted input, decides, records and acts.
+
+Flow of one report (``mailfleet_watch`` engine on a mail host -> reactor/abuse.sls -> here):
+
+1. ``check_report``: the payload must be a bounded mapping whose ``host`` is the minion that
+   sent it (the ``id`` Salt put on the event; a host cannot report in another's name), with
+   at most ``max_offenders`` entries; every address must parse (``ipaddress``; IPv4-mapped
+   IPv6 counts as IPv4) and be a unicast address.
+2. ``allowed``: never ban the fleet's own addresses (each minion's ``ipv4``/``ipv6`` grains
+   from the master's cache), the master's, loopback, each host's mynetworks
+   (``mailfleet:host:mynetworks_extra`` in the cached pillar) and the allow-list
+   ``mailfleet_defense:allow`` of the master config.
+3. Dedup and escalation (``ban_timeout``): an address already banned is left alone; one banned
+   before (within ``memory`` seconds) gets ``base * factor ** n`` seconds, capped at ``max``
+   (defaults 600 s, x2, 24 h: mailcow's doubling, fail2ban's 10 min start).
+4. Rate cap (``schedule``): at most ``rate`` (1,000) new bans per reporting minion per
+   ``period`` (60 s). The excess is recorded with a later ``not_before`` and applied when its
+   turn comes (:func:`drain`, from the master schedule and from every later report), never
+   dropped; an alert event ``mailfleet/alert/ban_rate`` says so.
+5. The ledger (sqlite, ``mailfleet_ledger`` or ``<cachedir>/mailfleet/ledger.sqlite``, outside
+   the file server) records each ban with its reason, reporting minion, times and expiry,
+   then one ``LocalClient.cmd_async`` of ``mailfleet_ban.add`` bans on every fleet host
+   (``mailfleet_defense:target``, default ``*``).
+
+Hosts that missed the fast path catch up from the ledger: the ``mailfleet_bans`` ext_pillar
+(_pillar/mailfleet_bans.py) hands its active bans to every host and the state
+``mailfleet_ban.reconciled`` makes the sets contain them (on minion start and on a schedule).
+
+Runners: ``bans`` (list the ledger), ``unban``, ``drain``, ``active``.
+"""
+import ipaddress
+import json
+import logging
+import os
+import sqlite3
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mailfleet_defense"
+
+DEFAULTS = {
+    "ban_timeout": {"base": 600, "factor": 2, "max": 86400, "memory": 7 * 86400},
+    "rate": 1000,  # new bans per reporting minion per period
+    "period": 60,
+    "max_offenders": 5000,  # per report; the engine sends at most 500
+    "max_report_bytes": 2 << 20,
+    "allow": [],  # addresses or networks never banned
+    "target": "*",
+    "tgt_type": "glob",
+    "revoked_memory": 7 * 86400,  # unbans handed to hosts for reconciliation
+}
+
+ALERT_TAG = "mailfleet/alert/ban_rate"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class Refused(ValueError):
+    """A report refused as a whole (forged host, wrong shape, too big)."""
+
+
+# --- pure decision logic -----------------------------------------------------------------
+
+def policy(overrides=None):
+    """DEFAULTS with master-config overrides (``mailfleet_defense:``), checked."""
+    pol = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    for key, value in (overrides or {}).items():
+        if key not in pol:
+            raise ValueError(f"unknown mailfleet_defense setting {key!r}")
+        if isinstance(pol[key], dict):
+            pol[key].update(value or {})
+        else:
+            pol[key] = value
+    for key in ("rate", "period", "max_offenders"):
+        if not isinstance(pol[key], int) or isinstance(pol[key], bool) or pol[key] <= 0:
+            raise ValueError(f"mailfleet_defense:{key} must be a positive integer")
+    return pol
+
+
+def norm_address(text):
+    """Canonical address text, or raise ValueError (non-strings, garbage, non-unicast)."""
+    if not isinstance(text, str) or not 2 <= len(text) <= 64:
+        raise ValueError("not an address")
+    ip = ipaddress.ip_address(text.strip())
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
+        raise ValueError(f"{ip} is not a unicast address")
+    return str(ip)
+
+
+def check_report(payload, sender, pol):
+    """(offenders [(address, reason)], refusals [(item, why)]) or raise Refused.
+
+    ``payload`` is the event's data (the engine's report), ``sender`` the minion id Salt
+    attached to the event.
+    """
+    if not isinstance(sender, str) or not sender:
+        raise Refused("event without a sending minion id")
+    if not isinstance(payload, dict):
+        raise Refused("report is not a mapping")
+    if len(json.dumps(payload, default=str)) > pol["max_report_bytes"]:
+        raise Refused("report too large")
+    host = payload.get("host")
+    if host != sender:
+        raise Refused(f"report names host {host!r} but was sent by {sender!r}")
+    offenders = payload.get("offenders", [])
+    if not isinstance(offenders, list):
+        raise Refused("offenders is not a list")
+    if len(offenders) > pol["max_offenders"]:
+        raise Refused(f"{len(offenders)} offenders in one report (max {pol['max_offenders']})")
+    out, refused, seen = [], [], set()
+    for entry in offenders:
+        if not isinstance(entry, dict):
+            refused.append((repr(entry)[:80], "entry is not a mapping"))
+            continue
+        raw = entry.get("ip")
+        try:
+            addr = norm_address(raw)
+        except ValueError as exc:
+            refused.append((repr(raw)[:80], str(exc)))
+            continue
+        if addr in seen:
+            continue
+        seen.add(addr)
+        rules = entry.get("rules") if isinstance(entry.get("rules"), dict) else {}
+        reason = {str(k)[:32]: int(v) for k, v in list(rules.items())[:10]
+                  if isinstance(v, int) and not isinstance(v, bool)}
+        out.append((addr, reason))
+    return out, refused
+
+
+def allow_networks(entries):
+    """ip_network objects from addresses/networks (bad entries are logged and skipped)."""
+    nets = []
+    for e in entries or []:
+        try:
+            net = ipaddress.ip_network(str(e).strip(), strict=False)
+        except ValueError:
+            log.warning("mailfleet_defense: ignoring bad allow-list entry %r", e)
+            continue
+        nets.append(net)
+        if net.version == 4:  # the same address as IPv4-mapped IPv6
+            nets.append(ipaddress.ip_network(f"::ffff:{net.network_address}/{96 + net.prefixlen}"))
+    return nets
+
+
+def allowed(address, nets):
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or any(ip.version == n.version and ip in n for n in nets)
+
+
+def escalate(prior, pol):
+    """Timeout for an address banned ``prior`` times before (within memory)."""
+    t = pol["ban_timeout"]
+    return int(min(t["base"] * (t["factor"] ** prior), t["max"]))
+
+
+def schedule(recent, n, now, rate, period):
+    """``not_before`` times for ``n`` new bans of one reporter.
+
+    ``recent``: the sorted not_before times of that reporter's bans in the last ``period``
+    (and any queued later). At most ``rate`` bans in any ``period``: the k-th new one waits
+    until ``period`` after the ``rate``-th before it. Nothing is dropped.
+    """
+    times = sorted(recent)
+    out = []
+    for _ in range(n):
+        t = now if len(times) < rate else max(now, times[-rate] + period)
+        times.append(t)
+        out.append(t)
+    return out
+
+
+def decide(offenders, sender, now, pol, nets, ledger):
+    """New ban rows for the checked ``offenders`` (pure, given the ledger's answers).
+
+    Returns (bans, skipped): bans are dicts ready for :meth:`Ledger.insert`, skipped lists
+    (address, why) for allow-listed and already-banned addresses.
+    """
+    bans, skipped = [], []
+    fresh = []
+    for addr, reason in offenders:
+        if allowed(addr, nets):
+            skipped.append((addr, "allow-listed"))
+            continue
+        if ledger.is_banned(addr, now):
+            skipped.append((addr, "already banned"))
+            continue
+        fresh.append((addr, reason))
+    slots = schedule(ledger.recent_not_before(sender, now - pol["period"]), len(fresh), now,
+                     pol["rate"], pol["period"])
+    for (addr, reason), nb in zip(fresh, slots):
+        prior = ledger.prior_bans(addr, now - pol["ban_timeout"]["memory"])
+        timeout = escalate(prior, pol)
+        bans.append({"address": addr, "reporter": sender, "reason": reason, "created": now,
+                     "not_before": nb, "timeout": timeout, "expires": nb + timeout,
+                     "level": prior})
+    return bans, skipped
+
+
+# --- the ledger ----------------------------------------------------------------------------
+
+class Ledger:
+    """Every ban on the master, in sqlite (WAL: concurrent reactor threads, crash-safe)."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS bans (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        address TEXT NOT NULL, family INTEGER NOT NULL, reporter TEXT NOT NULL,
+        reason TEXT NOT NULL, created REAL NOT NULL, not_before REAL NOT NULL,
+        timeout INTEGER NOT NULL, expires REAL NOT NULL, level INTEGER NOT NULL,
+        applied REAL, revoked REAL, revoked_by TEXT);
+    CREATE INDEX IF NOT EXISTS bans_address ON bans(address);
+    CREATE INDEX IF NOT EXISTS bans_reporter ON bans(reporter, not_before);
+    CREATE INDEX IF NOT EXISTS bans_pending ON bans(applied, not_before);
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(self.SCHEMA)
+        try:
+            os.chmod(self.path, 0o600)
+        except OSError:  # pragma: no cover
+            pass
+
+    def close(self):
+        self.db.close()
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def is_banned(self, address, now):
+        return self.db.execute(
+            "SELECT 1 FROM bans WHERE address=? AND revoked IS NULL AND expires>? LIMIT 1",
+            (address, now)).fetchone() is not None
+
+    def prior_bans(self, address, since):
+        return self.db.execute("SELECT count(*) FROM bans WHERE address=? AND created>=?",
+                               (address, since)).fetchone()[0]
+
+    def recent_not_before(self, reporter, since):
+        return [r[0] for r in self.db.execute(
+            "SELECT not_before FROM bans WHERE reporter=? AND not_before>? ORDER BY not_before",
+            (reporter, since))]
+
+    def insert(self, bans):
+        for b in bans:
+            self.db.execute(
+                "INSERT INTO bans(address, family, reporter, reason, created, not_before, timeout,"
+                " expires, level) VALUES (?,?,?,?,?,?,?,?,?)",
+                (b["address"], ipaddress.ip_address(b["address"]).version, b["reporter"],
+                 json.dumps(b["reason"], sort_keys=True), b["created"], b["not_before"],
+                 b["timeout"], b["expires"], b["level"]))
+
+    def due(self, now):
+        """Bans whose turn has come and that were not sent yet: [(id, address, seconds left)]."""
+        return [(r["id"], r["address"], int(r["expires"] - now)) for r in self.db.execute(
+            "SELECT id, address, expires FROM bans WHERE applied IS NULL AND revoked IS NULL"
+            " AND not_before<=? AND expires>? ORDER BY not_before, id", (now, now + 1))]
+
+    def mark_applied(self, ids, now):
+        self.db.executemany("UPDATE bans SET applied=? WHERE id=?", [(now, i) for i in ids])
+
+    def queued(self, now):
+        return self.db.execute("SELECT count(*) FROM bans WHERE applied IS NULL AND revoked IS NULL"
+                               " AND not_before>?", (now,)).fetchone()[0]
+
+    def revoke(self, address, now, who):
+        cur = self.db.execute("UPDATE bans SET revoked=?, revoked_by=? WHERE address=? AND revoked IS NULL"
+                              " AND expires>?", (now, who, address, now))
+        return cur.rowcount
+
+    def active(self, now):
+        """{address: expires} of bans in force (their turn has come, not revoked)."""
+        out = {}
+        for r in self.db.execute("SELECT address, max(expires) AS e FROM bans WHERE revoked IS NULL"
+                                 " AND not_before<=? AND expires>? GROUP BY address", (now, now)):
+            out[r["address"]] = r["e"]
+        return out
+
+    def revoked_since(self, since, now):
+        active = self.active(now)
+        return sorted({r[0] for r in self.db.execute(
+            "SELECT address FROM bans WHERE revoked>=?", (since,))} - set(active))
+
+    def rows(self, now, include_all=False):
+        where = "" if include_all else " WHERE revoked IS NULL AND expires>?"
+        args = () if include_all else (now,)
+        return [dict(r) for r in self.db.execute(f"SELECT * FROM bans{where} ORDER BY id", args)]
+
+
+def ledger_path(opts):
+    return opts.get("mailfleet_ledger") or os.path.join(opts["cachedir"], "mailfleet", "ledger.sqlite")
+
+
+# --- Salt glue --------------------------------------------------------------------------------
+
+def _policy():
+    return policy(__opts__.get("mailfleet_defense"))  # noqa: F821
+
+
+def _fleet_allow(pol):
+    """Allow-list: master config entries, the master, every minion's addresses and mynetworks."""
+    entries = list(pol["allow"])
+    iface = __opts__.get("interface")  # noqa: F821
+    if iface and iface not in ("0.0.0.0", "::"):
+        entries.append(iface)
+    try:
+        import salt.utils.network
+        entries += salt.utils.network.ip_addrs() + salt.utils.network.ip_addrs6()
+    except Exception:  # pragma: no cover
+        log.exception("mailfleet_defense: master addresses")
+    try:
+        entries += _minion_addresses()
+    except Exception:  # pragma: no cover
+        log.exception("mailfleet_defense: minion data cache")
+    return allow_networks(entries)
+
+
+def minion_entries(grains, pillar):
+    """Never-ban entries of one minion: its addresses, its mynetworks, its pillar allow-list."""
+    grains, pillar = grains or {}, pillar or {}
+    mf = pillar.get("mailfleet") or {}
+    return (list(grains.get("ipv4") or []) + list(grains.get("ipv6") or [])
+            + list((mf.get("host") or {}).get("mynetworks_extra") or [])
+            + list((mf.get("defense") or {}).get("allow") or []))
+
+
+def _minion_addresses():
+    """From the master's minion data cache: 3008 keeps banks ``grains`` and ``pillar`` keyed
+    by minion id; older releases one ``minions/<id>`` bank with key ``data``."""
+    import salt.cache
+
+    cache = salt.cache.Cache(__opts__)  # noqa: F821
+    entries = []
+    ids = set(cache.list("grains") or []) | set(cache.list("pillar") or [])
+    for mid in ids:
+        entries += minion_entries(cache.fetch("grains", mid), cache.fetch("pillar", mid))
+    for mid in cache.list("minions") or []:
+        data = cache.fetch(f"minions/{mid}", "data") or {}
+        entries += minion_entries(data.get("grains"), data.get("pillar"))
+    if not ids and not entries:
+        log.error("mailfleet_defense: no minion data in the master's cache: the fleet's own "
+                  "addresses are unknown (minion_data_cache off?)")
+    return entries
+
+
+def _fire(tag, data):
+    import salt.utils.event
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as ev:  # noqa: F821
+        ev.fire_event(data, tag)
+
+
+def _send(pol, items, fun="mailfleet_ban.add"):
+    import salt.client
+    client = salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+    return client.cmd_async(pol["target"], fun, arg=[items], tgt_type=pol["tgt_type"])
+
+
+def _apply_due(led, pol, now):
+    due = led.due(now)
+    if not due:
+        return 0, None
+    items = {addr: max(1, left) for _id, addr, left in due}
+    jid = _send(pol, items)
+    led.mark_applied([i for i, _a, _l in due], now)
+    return len(due), jid
+
+
+def report(minion=None, payload=None, tag=None):
+    """Decide on one abuse report (the abuse reactor calls this with the raw event)."""
+    pol = _policy()
+    now = time.time()
+    try:
+        offenders, refused = check_report(payload, minion, pol)
+    except Refused as exc:
+        log.warning("mailfleet_defense: refused report from %r: %s", minion, exc)
+        _fire("mailfleet/defense/refused", {"minion": minion, "why": str(exc)})
+        return {"refused": str(exc)}
+    nets = _fleet_allow(pol)
+    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    try:
+        with led:
+            bans, skipped = decide(offenders, minion, now, pol, nets, led)
+            led.insert(bans)
+            applied, jid = _apply_due(led, pol, now)
+            queued = led.queued(now)
+    finally:
+        led.close()
+    if queued:
+        _fire(ALERT_TAG, {"minion": minion, "queued": queued, "rate": pol["rate"], "period": pol["period"]})
+    for addr, why in refused + [s for s in skipped if s[1] == "allow-listed"]:
+        log.warning("mailfleet_defense: %s not banned (report from %s): %s", addr, minion, why)
+    ret = {"banned": [b["address"] for b in bans if b["not_before"] <= now],
+           "queued": queued, "sent": applied, "jid": jid,
+           "skipped": [list(s) for s in skipped], "invalid": [list(r) for r in refused]}
+    log.info("mailfleet_defense: report from %s: %d new bans, %d queued, %d skipped, %d invalid",
+             minion, len(bans), queued, len(skipped), len(refused))
+    return ret
+
+
+def drain():
+    """Send the queued bans whose turn has come (master schedule, every few seconds)."""
+    pol = _policy()
+    now = time.time()
+    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    try:
+        with led:
+            sent, jid = _apply_due(led, pol, now)
+            queued = led.queued(now)
+    finally:
+        led.close()
+    return {"sent": sent, "jid": jid, "queued": queued}
+
+
+def bans(all=False):  # pylint: disable=redefined-builtin
+    """The ledger: bans in force (``all=True``: every row ever recorded)."""
+    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    try:
+        rows = led.rows(time.time(), include_all=bool(all))
+    finally:
+        led.close()
+    for r in rows:
+        r["reason"] = json.loads(r["reason"])
+        for k in ("created", "not_before", "expires", "applied", "revoked"):
+            if r.get(k):
+                r[k] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r[k]))
+    return rows
+
+
+def active():
+    """{address: expires epoch} in force, and recently revoked addresses (for reconciliation)."""
+    pol = _policy()
+    now = time.time()
+    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    try:
+        return {"active": led.active(now), "revoked": led.revoked_since(now - pol["revoked_memory"], now)}
+    finally:
+        led.close()
+
+
+def unban(address):
+    """Lift a ban in the ledger and on every host at once."""
+    pol = _policy()
+    addr = norm_address(address)
+    now = time.time()
+    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    try:
+        with led:
+            n = led.revoke(addr, now, "runner")
+    finally:
+        led.close()
+    jid = _send(pol, [addr], fun="mailfleet_ban.remove")
+    return {"address": addr, "revoked": n, "jid": jid}

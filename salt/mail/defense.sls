@@ -1,0 +1,64 @@
+{#- Issue 6, the ban path on a mail host:
+    - the mailfleet_watch engine (long-running, in the minion) follows the mail log and
+      sends ONE aggregated mailfleet/abuse/report event per interval to the master;
+    - the ban sets are reconciled with the master's ledger (pillar mailfleet_bans) at each
+      state run and on a schedule with splay, so a host that was cut off catches up.
+    Pillar mailfleet:defense (defaults below):
+      log: /var/log/mail.log   interval: 1 (s between reports)   poll: 0.1 (s between reads)
+      max_ips: 500 (offenders per report; the rest waits for the next)
+      thresholds: {relay: {count: 3, window: 600}, auth: {count: 10, window: 600}, ...}
+                  (merged over mailfleet_maillog.DEFAULT_THRESHOLDS, checked there)
+      reconcile_every: 300, reconcile_splay: 60 (seconds) #}
+{%- from "mail/map.jinja" import mf with context %}
+{%- set d = salt["slsutil.merge"]({"log": "/var/log/mail.log", "interval": 1, "poll": 0.1,
+                                   "max_ips": 500, "thresholds": {},
+                                   "reconcile_every": 300, "reconcile_splay": 60},
+                                  salt["pillar.get"]("mailfleet:defense", {}), strategy="recurse") %}
+{%- set conf_dir = salt["file.dirname"](opts["conf_file"]) ~ "/minion.d" %}
+include:
+  - mail.firewall
+
+mailfleet-defense-engine-conf:
+  file.managed:
+    - name: {{ conf_dir }}/mailfleet-defense.conf
+    - mode: "0644"
+    - contents: |
+        # Managed by mailfleet (salt/mail/defense.sls, pillar mailfleet:defense).
+        engines:
+          - mailfleet_watch:
+              log: {{ d.log | tojson }}
+              interval: {{ d.interval | float }}
+              poll: {{ d.poll | float }}
+              max_ips: {{ d.max_ips | int }}
+              thresholds: {{ d.thresholds | tojson }}
+
+{#- The engine config is read at minion start. Restart it only when the file changed, and
+    in the background after this run has returned (the documented pattern: cmd.run with
+    bg; systemd's --no-block so the restart does not wait for the job that asked for it). #}
+mailfleet-defense-minion-restart:
+  cmd.run:
+{%- if grains.get("os_family") == "FreeBSD" %}
+    - name: sleep 5; service salt_minion restart
+{%- else %}
+    - name: sleep 5; systemctl restart --no-block salt-minion
+{%- endif %}
+    - bg: True
+    - onchanges:
+      - file: mailfleet-defense-engine-conf
+
+{#- pf (FreeBSD): the ban table is not reconciled yet (rendered, not run). #}
+{%- if mf.lookup.firewall == "nftables" %}
+mailfleet-bans-reconciled:
+  mailfleet_ban.reconciled:
+    - name: mailfleet
+    - require:
+      - cmd: mailfleet-nftables-present
+
+mailfleet-bans-reconcile-schedule:
+  schedule.present:
+    - name: mailfleet_bans_reconcile
+    - function: mailfleet_ban.reconcile
+    - seconds: {{ d.reconcile_every | int }}
+    - splay: {{ d.reconcile_splay | int }}
+    - return_job: False
+{%- endif %}
