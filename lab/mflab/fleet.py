@@ -205,6 +205,10 @@ def master_config() -> str:
         "reactor:", "  - 'mailfleet/abuse/report':", "    - salt://reactor/abuse.sls",
         "  - 'salt/minion/*/start':", "    - salt://reactor/minion_start.sls",
         f"mailfleet_tsig_keyfile: {config.STATE}/tsig.key",
+        "# mailfleet_dns runner: the lab BIND takes the updates and answers the checks.",
+        f"mailfleet_dns_server: {config.NET_PREFIX}.2",
+        f"mailfleet_dns_resolver: {config.NET_PREFIX}.2",
+        f"mailfleet_dkim_dir: {config.STATE}/dkim",
         f"mailfleet_lab_ca: {SHARED}/lab-ca.pem",
         f"include: {r}/config/master.d/*.conf", ""])
 

@@ -99,3 +99,25 @@ def converged(lab):
     assert not failures, "\n".join(failures)
     assert set(ret) == {f"{h}.lab.test" for h in lab.mail_hosts}
     return {"first_apply": ret, "first_apply_seconds": seconds}
+
+
+def salt_run(*args: str, timeout: float = 300) -> tuple[int, dict | None, str]:
+    """`salt-run --out=json ARGS` from the repo root: (exit code, parsed return, raw output)."""
+    proc = subprocess.run([str(VENV_BIN / "salt-run"), "--out=json", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        data = None
+    return proc.returncode, data, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def published(converged):
+    """The mail domains' DNS records published by mailfleet (`salt-run mailfleet_dns.publish`)
+    right after convergence; a second run must change nothing."""
+    code, ret, out = salt_run("mailfleet_dns.publish")
+    assert code == 0 and ret and not ret["errors"], out[-3000:]
+    code, again, out = salt_run("mailfleet_dns.publish")
+    assert code == 0 and again["changes"] == {d: [] for d in again["changes"]}, out[-3000:]
+    return ret
