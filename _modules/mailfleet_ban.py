@@ -74,8 +74,15 @@ def _items(addresses, timeout):
     return out, bad
 
 
+def _nft_argv():
+    """``nft``, or the argv prefix in minion option ``mailfleet_nft`` (a list; the integration
+    test runs nft inside a network namespace with ``[ip, netns, exec, <ns>, nft]``)."""
+    argv = (globals().get("__opts__") or {}).get("mailfleet_nft") or [NFT]
+    return [str(a) for a in argv]
+
+
 def _nft(script):
-    proc = subprocess.run([NFT, "-f", "-"], input=script, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([*_nft_argv(), "-f", "-"], input=script, capture_output=True, text=True, timeout=60)
     return proc.returncode, proc.stderr.strip()
 
 
@@ -148,7 +155,7 @@ def listed():
     """{address: seconds left} of both ban sets."""
     out = {}
     for name in SETS.values():
-        proc = subprocess.run([NFT, "-j", "list", "set", *TABLE.split(), name],
+        proc = subprocess.run([*_nft_argv(), "-j", "list", "set", *TABLE.split(), name],
                               capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise RuntimeError(f"nft list set {name}: {proc.stderr.strip()}")
