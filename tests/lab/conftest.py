@@ -98,7 +98,27 @@ def converged(lab):
     failures = state_failures(ret)
     assert not failures, "\n".join(failures)
     assert set(ret) == {f"{h}.lab.test" for h in lab.mail_hosts}
+    _wait_minion_restarts(lab, ret)
     return {"first_apply": ret, "first_apply_seconds": seconds}
+
+
+def _wait_minion_restarts(lab, ret, timeout: float = 90) -> None:
+    """mail.defense restarts a minion (in the background, 5 s after the run returned) when
+    its engine config changed: wait until those minions answer again."""
+    import time
+    restarted = [m for m, states in ret.items() if isinstance(states, dict) and any(
+        st.get("__id__") == "mailfleet-defense-engine-conf" and st.get("changes")
+        for st in states.values())]
+    if not restarted:
+        return
+    time.sleep(10)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pong = lab.salt("-L", ",".join(restarted), "test.ping", timeout=15)
+        if all(pong.get(m) is True for m in restarted):
+            return
+        time.sleep(2)
+    raise AssertionError(f"minions not back after their restart: {restarted}")
 
 
 def salt_run(*args: str, timeout: float = 300) -> tuple[int, dict | None, str]:
