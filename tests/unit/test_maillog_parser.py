@@ -85,7 +85,7 @@ def test_scanner_agrees_with_classify_on_the_corpus():
     scanner = ml.Scanner()
     got = scanner.scan(corpus_bytes())
     assert [ev for ev in got if ev.kind != "outbound_rcpt"] == expected
-    assert scanner.lines == len(SAMPLES)
+    assert scanner.bytes == len(corpus_bytes())
     # outbound.log: alice's message 4LdK2v3Xq1z9Ab went to 3 recipients
     assert [ev for ev in got if ev.kind == "outbound_rcpt"] == [
         ml.Event("outbound_rcpt", "198.18.0.100", "submission/smtpd", "4LdK2v3Xq1z9Ab",
@@ -97,13 +97,12 @@ def test_scanner_chunks_split_anywhere_give_the_same_events(tmp_path, size):
     data = corpus_bytes() * 3
     path = tmp_path / "mail.log"
     path.write_bytes(data)
-    whole, lines = ml.scan_file(path)
-    assert lines == 3 * len(SAMPLES)
+    whole, scanned = ml.scan_file(path)
+    assert scanned == len(data) and len(whole) == 3 * len(ml.Scanner().scan(corpus_bytes()))
     pieces, _ = ml.scan_file(path, chunk_size=size)
     assert pieces == whole
-    # a chunk with no final newline counts its last line too
-    s = ml.Scanner()
-    assert s.scan(b"a\nb") == [] and s.lines == 2
+    # a last line without its newline is classified too
+    assert ml.Scanner().scan(corpus_bytes().rstrip(b"\n")) == ml.Scanner().scan(corpus_bytes())
 
 
 def test_scanner_recipients_only_for_pending_sasl_messages():
@@ -123,11 +122,22 @@ def test_scanner_recipients_only_for_pending_sasl_messages():
     s = ml.Scanner()
     assert len(s.scan((lines[1] + "\n").encode())) == 1
     assert [e.count for e in s.scan((lines[2] + "\n").encode())] == [25]
-    # pending queue ids are bounded
+    # pending queue ids are bounded in number ...
     s = ml.Scanner(max_pending=2)
     for qid in ("4C1", "4C2", "4C3"):
         s.scan(lines[1].replace("4BBB", qid).encode() + b"\n")
-    assert list(s._pending) == [b"4C2", b"4C3"]
+    assert list(s._pending) == [b" 4C2: from=<", b" 4C3: from=<"]
+    # ... and in how much log they wait for their qmgr line
+    s = ml.Scanner(pending_bytes=1000)
+    s.scan((lines[1] + "\n").encode())
+    s.scan(b"x" * 500 + b"\n")
+    assert len(s._pending) == 1
+    s.scan(b"x" * 500 + b"\n")
+    assert not s._pending and s.scan((lines[2] + "\n").encode()) == []
+    # a line that only looks like qmgr's is not taken
+    s = ml.Scanner()
+    fake = hdr.format(3) + "postfix/pickup[801]: 4BBB: from=<alice@example-a.test>, nrcpt=99 (queue active)"
+    assert [e.kind for e in s.scan(f"{lines[1]}\n{fake}\n{lines[2]}\n".encode())] == ["outbound", "outbound_rcpt"]
 
 
 # --- aggregator ---------------------------------------------------------------------------
