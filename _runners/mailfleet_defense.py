@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,23 @@ def _policy():
     return policy(__opts__.get("mailfleet_defense"))  # noqa: F821
 
 
+_CACHE = {}  # survives between calls in the reactor's process: allow-list (30 s), LocalClient
+ALLOW_TTL = 30
+
+
 def _fleet_allow(pol):
+    """The allow-list, rebuilt at most every ALLOW_TTL seconds (a new minion's addresses are
+    in the cache once its grains are)."""
+    key = ("allow", json.dumps(pol["allow"], default=str))
+    hit = _CACHE.get(key)
+    if hit and time.monotonic() - hit[0] < ALLOW_TTL:
+        return hit[1]
+    nets = _build_allow(pol)
+    _CACHE[key] = (time.monotonic(), nets)
+    return nets
+
+
+def _build_allow(pol):
     """Allow-list: master config entries, the master, every minion's addresses and mynetworks."""
     entries = list(pol["allow"])
     iface = __opts__.get("interface")  # noqa: F821
@@ -365,9 +382,24 @@ def _fire(tag, data):
         ev.fire_event(data, tag)
 
 
+_SEND_LOCK = threading.Lock()  # reactor runners run in a thread pool; one shared client
+
+
 def _send(pol, items, fun="mailfleet_ban.add"):
+    with _SEND_LOCK:
+        return _send_locked(pol, items, fun)
+
+
+def _send_locked(pol, items, fun):
     import salt.client
-    client = salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+    client = _CACHE.get("client")
+    if client is None:
+        client = _CACHE["client"] = salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+    try:
+        return client.cmd_async(pol["target"], fun, arg=[items], tgt_type=pol["tgt_type"])
+    except Exception:  # pylint: disable=broad-except
+        _CACHE.pop("client", None)  # a stale connection: one retry with a new client
+        client = _CACHE["client"] = salt.client.get_local_client(mopts=__opts__)  # noqa: F821
     return client.cmd_async(pol["target"], fun, arg=[items], tgt_type=pol["tgt_type"])
 
 
