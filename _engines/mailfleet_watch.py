@@ -73,7 +73,7 @@ class Watcher:
         self.agg = ml.Aggregator(thresholds, max_ips=max_ips, start=time.time())
         self.interval = float(interval)
         self.next_report = time.monotonic() + self.interval
-        self.saved_at = 0.0
+        self.saved_at = float("-inf")
 
     def poll(self):
         data = self.tailer.read()
