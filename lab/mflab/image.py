@@ -1,7 +1,7 @@
 """The base image: debootstrap of Debian 12 + the mail stack + a salt venv, cached by hash.
 
 The cache key is a hash of everything that shapes the image (recipe, package list, the
-Python lock, suite, mirror). A build happens in `<key>.partial` and is renamed to `<key>`
+image's Python pins, suite, mirror). A build happens in `<key>.partial` and is renamed to `<key>`
 only when complete, so an interrupted build never looks finished.
 """
 import hashlib
@@ -14,7 +14,7 @@ from . import config
 from .progress import Step, run_logged, say
 
 IMAGE_PYTHON_PACKAGES = ("salt", "pymysql", "dnspython", "cryptography")
-RECIPE_FILES = ("lab/image/recipe.sh", "lab/image/packages.txt", "requirements.lock")
+RECIPE_FILES = ("lab/image/recipe.sh", "lab/image/packages.txt", "lab/image/image-requirements.lock")
 
 
 def recipe_key() -> str:
@@ -66,7 +66,7 @@ def build(force: bool = False) -> Path:
             shutil.copy(config.REPO / rel, build_dir / Path(rel).name)
         with Step("building salt's wheels for the image", tail=log):
             run_logged([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                        "-w", str(build_dir / "wheels"), "-c", str(config.REPO / "requirements.lock"),
+                        "-w", str(build_dir / "wheels"), "-c", str(config.REPO / "lab/image/image-requirements.lock"),
                         *IMAGE_PYTHON_PACKAGES], log)
         with Step("installing the mail stack and salt into the image", tail=log):
             run_logged(["systemd-nspawn", "-q", "-D", str(partial), "--register=no", "--keep-unit",
