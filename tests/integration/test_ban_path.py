@@ -68,7 +68,8 @@ def master(salt_factories, ledger_path):
     overrides = {
         "file_roots": {"base": [str(REPO / "salt")]},
         "module_dirs": [str(REPO / "salt")],
-        "reactor": [{"mailfleet/abuse/report": ["salt://reactor/abuse.sls"]}],
+        "reactor": [{"mailfleet/abuse/report": ["salt://reactor/abuse.sls"]},
+                    {"salt/minion/*/start": ["salt://reactor/minion_start.sls"]}],
         "mailfleet_ledger": str(ledger_path),
         "mailfleet_defense": {"allow": ["203.0.113.0/24"], "rate": 5},
         "ext_pillar": [{"mailfleet_bans": {}}],
@@ -180,3 +181,15 @@ def test_unban_and_reconcile(master, minion, ledger_path):
     assert "198.19.10.1" not in ns_elements()
     bans = run.run("mailfleet_defense.bans")
     assert "198.19.10.1" not in {b["address"] for b in bans.data}
+
+
+def test_minion_start_reconciles_from_the_ledger(master, minion):
+    """A host that lost its sets while its minion was down catches up when the minion starts."""
+    before = ns_elements("banned_v6")
+    assert "2001:db8:10::1" in before
+    minion.terminate()
+    subprocess.run(["ip", "netns", "exec", NS, "nft", "flush", "set", "inet", "mailfleet", "banned_v6"], check=True)
+    assert ns_elements("banned_v6") == {}
+    minion.start(start_timeout=180)
+    assert wait_for(lambda: "2001:db8:10::1" in ns_elements("banned_v6"), timeout=90), \
+        "salt/minion/<id>/start -> reactor -> mailfleet_ban.reconcile did not restore the ban"
