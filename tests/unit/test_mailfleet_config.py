@@ -3,6 +3,7 @@ mailfleet_config.problems(): every bad pillar is refused with a message that nam
 pillar key, so the postmaster knows which line of which pillar file to fix.
 """
 import copy
+import json
 
 import pytest
 
@@ -128,3 +129,18 @@ def test_an_unsupported_os_family_renders_but_is_refused(tmp_path):
     assert fun == "valid" and args["failhard"] is True and args["order"] == 1
     problems = mailfleet_config.problems(args["config"])
     assert [p.split(": ", 1)[0] for p in problems] == ["grains:os_family"]
+
+
+def test_the_map_leaves_mailfleet_domains_to_the_vusers_state(tmp_path):
+    """mailfleet:domains (up to 100,000 mailboxes with their password hashes) never enters
+    map.jinja's merged settings: mail.validate's arguments stay small and secret-free."""
+    from salt_render import DEBIAN_GRAINS, SaltRender
+    hashed = "{SHA512-CRYPT}$6$saltsaltsalt$" + "x" * 86
+    r = SaltRender(tmp_path, DEBIAN_GRAINS, pillar={"mailfleet": {
+        "lookup": {"dovecot_major": "2.3"},
+        "db": {"postfix_password": "a", "dovecot_password": "b", "sync_password": "c"},
+        "domains": {"example-a.test": {"mailboxes": {"alice": {"password": hashed}}}}}})
+    [(_sid, _mod, _fun, args)] = r.chunks(r.show_sls("mail.validate"))
+    assert "domains" not in args["config"]
+    assert args["config"]["db"]["sync_password"] == "c"  # the other settings still arrive
+    assert hashed not in json.dumps(args)
