@@ -218,14 +218,6 @@ def _client_user(text):
     return user or None
 
 
-def _postfix(service, process, msg):
-    if process == "smtpd":
-        return _smtpd(service, msg)
-    if process == "postscreen":
-        return _postscreen(service, msg)
-    return None
-
-
 def _reject(service, m):
     ip = norm_ip(m.group(3))
     if ip is None or m.group(1) == "CONNECT":  # postscreen "too many connections": our load
@@ -416,14 +408,21 @@ def _dovecot_backend(service, msg):
 
 def classify(line):
     """The :class:`Event` a mail.log line stands for, or None. ``line`` is a str."""
-    head = split_header(line)
-    if head is None:
+    m = _HEADER.match(line)
+    if m is None:
         return None
-    _host, tag, msg = head
+    tag, msg = m.group(2), line[m.end():]
+    if msg.endswith(("\n", "\r")):
+        msg = msg.rstrip("\r\n")
     slash = tag.find("/")
     if slash > 0:
         service = tag[slash + 1:]
-        return _postfix(service, service.rpartition("/")[2], msg)
+        process = service.rpartition("/")[2]
+        if process == "smtpd":
+            return _smtpd(service, msg)
+        if process == "postscreen":
+            return _postscreen(service, msg)
+        return None
     if tag in _DOVECOT_TAGS or tag.endswith("-login") or tag.startswith("auth"):
         return _dovecot(tag, msg)
     return None

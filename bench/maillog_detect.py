@@ -462,7 +462,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=6)
-    ap.add_argument("--repeat", type=int, default=5, help="runs of our detector (median reported)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of ours before/after each fail2ban run")
     ap.add_argument("--keep", action="store_true", help="keep the generated log")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -478,18 +478,30 @@ def main():
     log.read_bytes()  # page cache warm for everybody
     print(f"[bench] generated {n} lines ({size / 1e6:.1f} MB) in {gen_s:.1f} s: {log}", flush=True)
 
-    runs = []
-    for i in range(args.repeat):
-        runs.append(ours(log))
-        print(f"[bench] ours run {i + 1}: {runs[-1]['wall']:.2f} s wall, {runs[-1]['cpu']:.2f} s CPU", flush=True)
-    o_wall = statistics.median(r["wall"] for r in runs)
-    o_cpu = statistics.median(r["cpu"] for r in runs)
-    mine = runs[0]
-    timed = {}
-    for filt in (F2B_POSTFIX, F2B_EXTRA, F2B_DOVECOT):
-        print(f"[bench] fail2ban-regex {filt} (timed) ...", flush=True)
-        timed[filt] = fail2ban(log, filt)[:2]
-        print(f"[bench]   {timed[filt][0]:.1f} s wall, {timed[filt][1]:.1f} s CPU", flush=True)
+    # Interleaved: our runs right before and right after each fail2ban run, so that each
+    # ratio compares runs made under the same load (the machine is shared).
+    ours(log)  # warm-up
+    runs, timed, around = [], {}, {}
+    filters = (F2B_POSTFIX, F2B_EXTRA, F2B_DOVECOT)
+    for k in range(len(filters) + 1):
+        batch = []
+        for _ in range(args.repeat):
+            batch.append(ours(log))
+        runs.append(batch)
+        shown = ", ".join("%.2f/%.2f" % (r["wall"], r["cpu"]) for r in batch)
+        print(f"[bench] ours: {shown} s wall/CPU", flush=True)
+        if k < len(filters):
+            filt = filters[k]
+            print(f"[bench] fail2ban-regex {filt} (timed) ...", flush=True)
+            timed[filt] = fail2ban(log, filt)[:2]
+            print(f"[bench]   {timed[filt][0]:.1f} s wall, {timed[filt][1]:.1f} s CPU", flush=True)
+    for k, filt in enumerate(filters):
+        near = runs[k] + runs[k + 1]
+        around[filt] = (statistics.median(r["wall"] for r in near), statistics.median(r["cpu"] for r in near))
+    every = [r for batch in runs for r in batch]
+    o_wall = statistics.median(r["wall"] for r in every)
+    o_cpu = statistics.median(r["cpu"] for r in every)
+    mine = every[0]
     print("[bench] fail2ban-regex with matches printed, for the address sets ...", flush=True)
     _w, _c, f2b_pf = fail2ban(log, F2B_POSTFIX, matches=True)
     _w, _c, f2b_dc = fail2ban(log, F2B_DOVECOT, matches=True)
@@ -503,13 +515,13 @@ def main():
     rep_sizes = [len(r["offenders"]) for r in mine["reports"]]
     offenders = {o["ip"] for r in mine["reports"] for o in r["offenders"]}
     outbound = sorted({u["user"] for r in mine["reports"] for u in r["outbound"]})
-    run_walls = ", ".join(f"{r['wall']:.2f}/{r['cpu']:.2f}" for r in runs)
 
     def rate(wall, cpu):
         return f"{n / wall:10,.0f} lines/s wall {n / cpu:10,.0f} lines/s CPU  ({wall:6.2f} s wall, {cpu:6.2f} s CPU)"
 
-    ratios = {filt: (w / o_wall, c / o_cpu) for filt, (w, c) in timed.items()}
-    worst = min(min(r) for filt, r in ratios.items() if filt != F2B_DOVECOT)
+    ratios = {filt: (w / around[filt][0], c / around[filt][1]) for filt, (w, c) in timed.items()}
+    worst_cpu = min(r[1] for filt, r in ratios.items() if filt != F2B_DOVECOT)
+    worst_wall = min(r[0] for filt, r in ratios.items() if filt != F2B_DOVECOT)
     both_w = timed[F2B_POSTFIX][0] + timed[F2B_DOVECOT][0]
     both_c = timed[F2B_POSTFIX][1] + timed[F2B_DOVECOT][1]
     out = [f"# bench/maillog_detect.py --lines {args.lines} --seed {args.seed} --repeat {args.repeat}"
@@ -519,17 +531,20 @@ def main():
            f"# log: {n} lines, {size / 1e6:.1f} MB, rsyslog RFC 3339 format, seed {args.seed}; page cache warm",
            "",
            "## throughput (one process each; CPU = user + system time of that process)",
-           f"ours, end to end (Tailer+Scanner+Aggregator)   : {rate(o_wall, o_cpu)}  median of {args.repeat} "
-           f"(wall/CPU s: {run_walls})",
+           f"ours, end to end (Tailer+Scanner+Aggregator)   : {rate(o_wall, o_cpu)}  median of "
+           f"{len(every)} runs",
            f"fail2ban-regex {F2B_POSTFIX:<27}  : {rate(*timed[F2B_POSTFIX])}",
            f"fail2ban-regex {F2B_EXTRA:<27}  : {rate(*timed[F2B_EXTRA])}",
            f"fail2ban-regex {F2B_DOVECOT:<27}  : {rate(*timed[F2B_DOVECOT])}",
-           f"ratio ours / {F2B_POSTFIX:<27}   : {ratios[F2B_POSTFIX][0]:5.1f} x wall, {ratios[F2B_POSTFIX][1]:5.1f} x CPU",
-           f"ratio ours / {F2B_EXTRA:<27}   : {ratios[F2B_EXTRA][0]:5.1f} x wall, {ratios[F2B_EXTRA][1]:5.1f} x CPU",
-           f"ratio ours / postfix + dovecot jails           : {both_w / o_wall:5.1f} x wall, {both_c / o_cpu:5.1f} x CPU "
+           "ratios: each fail2ban run against the median of our runs just before and just after it",
+           f"ratio ours / {F2B_POSTFIX:<27}   : {ratios[F2B_POSTFIX][1]:5.1f} x CPU, {ratios[F2B_POSTFIX][0]:5.1f} x wall",
+           f"ratio ours / {F2B_EXTRA:<27}   : {ratios[F2B_EXTRA][1]:5.1f} x CPU, {ratios[F2B_EXTRA][0]:5.1f} x wall",
+           f"ratio ours / {F2B_DOVECOT:<27}   : {ratios[F2B_DOVECOT][1]:5.1f} x CPU, {ratios[F2B_DOVECOT][0]:5.1f} x wall",
+           f"ratio ours / postfix + dovecot jails           : {both_c / o_cpu:5.1f} x CPU, {both_w / o_wall:5.1f} x wall "
            "(fail2ban reads the log once per jail; we read it once for all kinds)",
-           f"target >= 20 x fail2ban's postfix filter: lowest of the ratios above {worst:.1f} x: "
-           f"{'MET' if worst >= 20 else 'NOT MET'}",
+           f"target >= 20 x fail2ban's postfix filter (lowest of the two postfix modes): {worst_cpu:.1f} x CPU "
+           f"{'MET' if worst_cpu >= 20 else 'NOT MET'}, {worst_wall:.1f} x wall "
+           f"{'MET' if worst_wall >= 20 else 'NOT MET'}",
            "",
            "## what was detected",
            f"events: {sum(kinds.values())} ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})",
@@ -578,7 +593,7 @@ def main():
         out.append(f"DIFF {fam}: ours-only {sorted(o - f)[:10]} f2b-only {sorted(f - o)[:10]}")
     verdict_ok = not failures and consistent
     out.append(f"verdict: address sets {'OK' if verdict_ok else 'MISMATCH'}; throughput "
-               f"{worst:.1f} x {'>=' if worst >= 20 else '<'} 20 x")
+               f"{worst_cpu:.1f} x CPU, {worst_wall:.1f} x wall (target 20 x)")
     text = "\n".join(out) + "\n"
     print(text)
     Path(args.out).write_text(text)
