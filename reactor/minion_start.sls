@@ -4,5 +4,6 @@
 {%- if mid is string and mid %}
 mailfleet_bans_reconcile:
   local.mailfleet_ban.reconcile:
-    - tgt: {{ mid | tojson }}
+    - tgt: [{{ mid | tojson }}]
+    - tgt_type: list    {#- exactly that id, even if it holds glob characters #}
 {%- endif %}
