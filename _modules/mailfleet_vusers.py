@@ -708,6 +708,7 @@ def desired_rows(model, host=None):
     here and declare nothing. Returns ``(desired, retention)``: retention maps every
     pillar domain (and alias domain) to its purge_after_days (or None)."""
     desired = {t: {} for t in TABLES}
+    domains, mailboxes, aliases, alias_domains = (desired[t] for t in TABLES)
     retention = {}
     host = host.lower() if isinstance(host, str) else None
     for dom, d in model["domains"].items():
@@ -716,22 +717,20 @@ def desired_rows(model, host=None):
             retention[adom] = d["retention"]
         if host is not None and d["hosts"] is not None and host not in d["hosts"]:
             continue
-        desired["domain"][dom] = (
+        domains[dom] = (
             (d["description"], math.ceil(d["maxquota"] / MIB) if d["maxquota"] else 0, int(d["active"])),
             DOMAIN_INSERT_DEFAULTS,
         )
+        at_dom = "@" + dom
         for local, m in d["mailboxes"].items():
-            addr = f"{local}@{dom}"
-            desired["mailbox"][addr] = (
-                (m["password"], m["name"], m["quota"], local, dom, int(m["active"])),
-                (f"{dom}/{local}/",),
-            )
-            desired["alias"][addr] = ((addr, dom, int(m["active"])), ())
+            addr = local + at_dom
+            active = int(m["active"])
+            mailboxes[addr] = ((m["password"], m["name"], m["quota"], local, dom, active), (f"{dom}/{local}/",))
+            aliases[addr] = ((addr, dom, active), ())
         for local, a in d["aliases"].items():
-            addr = f"{local}@{dom}" if local else f"@{dom}"
-            desired["alias"][addr] = ((",".join(a["targets"]), dom, 1), ())
+            aliases[local + at_dom] = ((",".join(a["targets"]), dom, 1), ())  # "" + at_dom: the catch-all
         for adom in d["alias_domains"]:
-            desired["alias_domain"][adom] = ((dom, int(d["active"])), ())
+            alias_domains[adom] = ((dom, int(d["active"])), ())
     return desired, retention
 
 
@@ -1637,7 +1636,10 @@ def _run_sync(cfg, test, host, vmail_dir, batch_size, batch_callback, full, limi
     else:
         head = f"applied in one transaction: {what}" if not diff.empty else "no changes"
     ret["seconds"] = round(time.monotonic() - t0, 3)
-    ret["comment"] = _comment(ret, f"{head} ({ret['seconds']} s)", [])
+    stages = ", ".join(f"{stage} {secs} s" for stage, secs in timings.items())
+    if ret["partitions"]:
+        stages += f"; {ret['partitions']['read']} of {ret['partitions']['total']} domain partitions read"
+    ret["comment"] = _comment(ret, f"{head} ({ret['seconds']} s)", [f"stages: {stages}"])
     return ret
 
 
