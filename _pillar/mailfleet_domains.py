@@ -19,11 +19,17 @@ Master configuration (``path``: one folder or a list of folders)::
           path: /srv/mailfleet/pillar/domains
 
 Secrets in a domain file (password hashes) therefore reach only the hosts named in it.
+The same goes for DKIM: for every served domain whose key the master keeps (the
+``mailfleet_dkim`` runner, under ``mailfleet_dkim_dir``, default
+``/var/lib/mailfleet-master/dkim``), the host receives the signing selector and its private
+key under ``mailfleet:dkim:<domain>`` (``selector``, ``key_type``, ``key``).
 Files are parsed with libyaml's C loader and cached by (mtime, size), so a fleet with
 10,000 domain files re-reads only what changed.
 """
+import json
 import logging
 import os
+import re
 
 import yaml
 
@@ -87,7 +93,40 @@ def domains_for(minion_id, folder):
     return served
 
 
-def ext_pillar(minion_id, pillar, path=None, **kwargs):  # pylint: disable=unused-argument
+DEFAULT_DKIM_DIR = "/var/lib/mailfleet-master/dkim"
+_SAFE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def dkim_for(domain, base):
+    """``{"selector", "key_type", "key"}`` of the domain's signing selector, or None.
+    Read fresh each time (a rotation switches the selector); errors are logged."""
+    domain = str(domain).lower().rstrip(".")
+    if not _SAFE.match(domain) or ".." in domain:
+        return None
+    folder = os.path.join(base, domain)
+    try:
+        with open(os.path.join(folder, "state.json"), encoding="utf-8") as handle:
+            state = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.error("mailfleet_domains: DKIM state of %s unreadable (%s); no key handed out",
+                  domain, err)
+        return None
+    signing = [e for e in state.get("selectors") or [] if e.get("status") == "signing"]
+    if len(signing) != 1 or not _SAFE.match(str(signing[0].get("selector", ""))):
+        return None
+    selector = signing[0]["selector"]
+    try:
+        with open(os.path.join(folder, f"{selector}.key"), encoding="ascii") as handle:
+            key = handle.read()
+    except (OSError, ValueError) as err:
+        log.error("mailfleet_domains: DKIM key %s of %s unreadable (%s)", selector, domain, err)
+        return None
+    return {"selector": selector, "key_type": state.get("key_type", "rsa"), "key": key}
+
+
+def ext_pillar(minion_id, pillar, path=None, dkim_dir=None, **kwargs):  # pylint: disable=unused-argument
     if not path:
         log.error("mailfleet_domains: no path configured")
         return {}
@@ -99,4 +138,11 @@ def ext_pillar(minion_id, pillar, path=None, **kwargs):  # pylint: disable=unuse
                           "the copy in %s is ignored", domain, folder)
                 continue
             served[domain] = data
-    return {"mailfleet": {"domains": served}} if served else {}
+    if not served:
+        return {}
+    out = {"mailfleet": {"domains": served}}
+    base = dkim_dir or globals().get("__opts__", {}).get("mailfleet_dkim_dir") or DEFAULT_DKIM_DIR
+    keys = {d: k for d in served for k in [dkim_for(d, base)] if k}
+    if keys:
+        out["mailfleet"]["dkim"] = keys
+    return out

@@ -319,13 +319,26 @@ def _pillar(minion, grains):
                                   saltenv=__opts__.get("saltenv") or "base").compile_pillar()
 
 
-def fleet_data(tgt="*mail*", tgt_type="glob"):
+def domain_list(domains):
+    """``None`` (all) or a set of domain names from a list or a comma-separated string."""
+    if domains is None or domains == "":
+        return None
+    if isinstance(domains, str):
+        domains = domains.split(",")
+    return {str(d).strip().lower().rstrip(".") for d in domains if str(d).strip()}
+
+
+def fleet_data(tgt="*mail*", tgt_type="glob", domains=None):
     grains = _grains(tgt, tgt_type)
     if not grains:
         raise RuntimeError(f"no minion matched {tgt!r} or none answered")
     pillars = {m: _pillar(m, g) for m, g in grains.items()}
     facts = {m: host_facts(g) for m, g in grains.items()}
-    return merge_domains(pillars), facts
+    served = merge_domains(pillars)
+    only = domain_list(domains)
+    if only is not None:
+        served = {d: v for d, v in served.items() if d.lower().rstrip(".") in only}
+    return served, facts
 
 
 def dkim_entries(domain):
@@ -370,7 +383,7 @@ def _show(text):
 # ---------------------------------------------------------------------------------------
 
 
-def publish(tgt="*mail*", mode="rfc2136", test=False, tgt_type="glob"):
+def publish(tgt="*mail*", mode="rfc2136", test=False, tgt_type="glob", domains=None):
     """
     Publish the records of every domain served by the targeted minions.
 
@@ -379,6 +392,8 @@ def publish(tgt="*mail*", mode="rfc2136", test=False, tgt_type="glob"):
         only for RRsets that differ. ``manual``: print a zone snippet per domain.
     test
         ``True``: compute and show the changes, send nothing.
+    domains
+        Only these domains (comma-separated or a list); default every served domain.
 
     Any domain with a pillar error or a failed preflight stops the whole run before
     anything is sent (the problems are returned under ``errors``).
@@ -393,7 +408,7 @@ def publish(tgt="*mail*", mode="rfc2136", test=False, tgt_type="glob"):
     if mode not in ("rfc2136", "manual"):
         __context__["retcode"] = 1
         raise TypeError(f"mode must be rfc2136 or manual, not {mode!r}")
-    domains, facts = fleet_data(tgt, tgt_type)
+    domains, facts = fleet_data(tgt, tgt_type, domains)
     server = _server()
     desired = desired_records(domains, facts, _resolve_txt(_resolver_addr()))
     errors = {d: r["error"] for d, r in desired.items() if "error" in r}
@@ -482,7 +497,7 @@ def _fcrdns(addr, facts):
     return out
 
 
-def verify(tgt="*mail*", tgt_type="glob"):
+def verify(tgt="*mail*", tgt_type="glob", domains=None):
     """
     What the world sees, record by record: every owned and checked record of every
     domain served by the targeted minions, asked through ``mailfleet_dns_resolver``
@@ -496,7 +511,7 @@ def verify(tgt="*mail*", tgt_type="glob"):
         salt-run mailfleet_dns.verify
         salt-run mailfleet_dns.verify --out=json
     """
-    domains, facts = fleet_data(tgt, tgt_type)
+    domains, facts = fleet_data(tgt, tgt_type, domains)
     addr = _resolver_addr()
     desired = desired_records(domains, facts, _resolve_txt(addr))
     results = {}

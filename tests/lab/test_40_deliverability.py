@@ -11,7 +11,7 @@ import dns.tsig
 import dns.update
 import pytest
 
-from conftest import salt_run
+from conftest import LAB_MAIL_DOMAINS, salt_run
 from mflab import config, fleet
 
 DNS = f"{config.NET_PREFIX}.2"
@@ -52,13 +52,13 @@ def test_published_records_verify_green(lab, published):
     assert "10 mail02.lab.test." in lookup("example-b.test.", "MX")
     assert "v=spf1 ip4:198.18.0.11 -all" in txt("example-a.test.")
     assert any(v.startswith("v=DMARC1") for v in txt("_dmarc.example-b.test."))
-    code, ret, out = salt_run("mailfleet_dns.verify")
+    code, ret, out = salt_run("mailfleet_dns.verify", f"domains={LAB_MAIL_DOMAINS}")
     assert code == 0 and ret["ok"], out[-3000:]
     assert all(c["ok"] for host in ret["fcrdns"].values() for c in host.values())
 
 
 def test_manual_mode_prints_zone_snippets_and_sends_nothing(lab, published):
-    code, ret, out = salt_run("mailfleet_dns.publish", "mode=manual")
+    code, ret, out = salt_run("mailfleet_dns.publish", "mode=manual", f"domains={LAB_MAIL_DOMAINS}")
     assert code == 0, out[-3000:]
     snippet = ret["snippets"]["example-a.test"]
     assert "example-a.test. 3600 IN MX 10 mail01.lab.test." in snippet
@@ -68,18 +68,18 @@ def test_manual_mode_prints_zone_snippets_and_sends_nothing(lab, published):
 def test_verify_reports_a_wrong_record_and_publish_repairs_only_it(lab, published):
     nsupdate("example-b.test", ("replace", "_dmarc.example-b.test.", "TXT", '"v=DMARC1; p=reject"'))
     try:
-        code, ret, out = salt_run("mailfleet_dns.verify")
+        code, ret, out = salt_run("mailfleet_dns.verify", f"domains={LAB_MAIL_DOMAINS}")
         assert code != 0 and not ret["ok"], out[-3000:]
         wrong = ret["domains"]["example-b.test"]["wrong"]
         assert [(e["name"], e["type"]) for e in wrong] == [("_dmarc.example-b.test.", "TXT")]
     finally:
-        code, ret, out = salt_run("mailfleet_dns.publish")
+        code, ret, out = salt_run("mailfleet_dns.publish", f"domains={LAB_MAIL_DOMAINS}")
     assert code == 0, out[-3000:]
     assert ret["changes"]["example-b.test"] == [
         'delete _dmarc.example-b.test. TXT "v=DMARC1; p=reject"',
         'add _dmarc.example-b.test. TXT "v=DMARC1; p=none"']
     assert ret["changes"]["example-a.test"] == []
-    assert salt_run("mailfleet_dns.verify")[0] == 0
+    assert salt_run("mailfleet_dns.verify", f"domains={LAB_MAIL_DOMAINS}")[0] == 0
 
 
 @pytest.fixture
@@ -97,7 +97,8 @@ def test_spf_over_ten_lookups_is_refused_and_nothing_is_published(lab, bad_spf_d
     # A change publish would make for a good domain: it must not be sent either.
     nsupdate("example-a.test", ("delete", "_dmarc.example-a.test.", "TXT"))
     try:
-        code, ret, out = salt_run("mailfleet_dns.publish")
+        code, ret, out = salt_run("mailfleet_dns.publish",
+                                  f"domains={LAB_MAIL_DOMAINS},{BAD_DOMAIN}")
         assert code != 0, out[-3000:]
         assert ret["published"] is False
         err = ret["errors"][BAD_DOMAIN]
@@ -105,6 +106,7 @@ def test_spf_over_ten_lookups_is_refused_and_nothing_is_published(lab, bad_spf_d
         assert lookup("_dmarc.example-a.test.", "TXT") == []
     finally:
         bad_spf_domain.unlink()
-        code, ret, out = salt_run("mailfleet_dns.publish")
+        code, ret, out = salt_run("mailfleet_dns.publish", f"domains={LAB_MAIL_DOMAINS}")
     assert code == 0, out[-3000:]
     assert any(v.startswith("v=DMARC1") for v in txt("_dmarc.example-a.test."))
+

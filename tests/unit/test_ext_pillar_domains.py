@@ -58,3 +58,28 @@ def test_several_folders_first_declaration_wins(tmp_path):
     write(second, "b.yaml", DOMAIN_B.replace("b.test:", "b.test:\n      description: second"))
     got = ext.ext_pillar("mail02.lab.test", {}, path=[str(first), str(second)])
     assert "description" not in got["mailfleet"]["domains"]["b.test"]
+
+
+def test_dkim_keys_go_only_to_the_hosts_serving_the_domain(tmp_path):
+    import json as _json
+
+    folder = tmp_path / "domains"
+    folder.mkdir()
+    write(folder, "a.test.yaml", DOMAIN_A)
+    write(folder, "b.test.yaml", DOMAIN_B)
+    keys = tmp_path / "dkim"
+    (keys / "b.test").mkdir(parents=True)
+    (keys / "b.test" / "state.json").write_text(_json.dumps({"version": 1, "key_type": "rsa",
+        "domain": "b.test", "selectors": [
+            {"selector": "mf1", "status": "old_kept"},
+            {"selector": "mf2", "status": "signing"}]}))
+    (keys / "b.test" / "mf2.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    got = ext.ext_pillar("mail02.lab.test", {}, path=str(folder), dkim_dir=str(keys))
+    assert got["mailfleet"]["dkim"] == {"b.test": {"selector": "mf2", "key_type": "rsa",
+                                                   "key": "-----BEGIN PRIVATE KEY-----\n"}}
+    got = ext.ext_pillar("mail01.lab.test", {}, path=str(folder), dkim_dir=str(keys))
+    assert "dkim" not in got["mailfleet"]
+    # a key file that is gone: no key handed out, nothing else lost
+    (keys / "b.test" / "mf2.key").unlink()
+    got = ext.ext_pillar("mail02.lab.test", {}, path=str(folder), dkim_dir=str(keys))
+    assert "dkim" not in got["mailfleet"] and "b.test" in got["mailfleet"]["domains"]

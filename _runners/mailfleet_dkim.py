@@ -1,0 +1,268 @@
+"""
+DKIM keys of the mail domains, made and kept on the master.
+
+Keys and the rotation state of each domain live under ``mailfleet_dkim_dir`` (master
+config, default ``/var/lib/mailfleet-master/dkim``; never under file_roots, pillar_roots
+or git)::
+
+    <dkim_dir>/<domain>/state.json          # mailfleet_dkim rotation state (selectors)
+    <dkim_dir>/<domain>/<selector>.key      # private key, 0600 root
+
+The ``mailfleet_domains`` ext_pillar hands the signing selector and its key to the hosts
+that serve the domain, and only to them; ``salt/mail/rspamd.sls`` installs it for Rspamd.
+
+``ensure`` drives each domain's state machine (``_modules/mailfleet_dkim.py``) as far as
+it can go now: a domain without a key gets one (RSA-2048), its record is published
+(``mailfleet_dns.publish``), checked in DNS through the configured resolver, and only then
+does signing switch to it. Every step is saved when it succeeded, so an interrupted run
+resumes where it stopped. Then ``salt '*mail*' state.apply`` installs the keys.
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt-run mailfleet_dkim.ensure                   # keys for every served domain
+    salt-run mailfleet_dkim.status
+"""
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mailfleet_dkim"
+
+DEFAULT_DKIM_DIR = "/var/lib/mailfleet-master/dkim"
+MAX_STEPS = 12
+
+
+def _load(name):
+    here = Path(__file__).resolve().parents[1] / "_modules" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_mailfleet_runner_{name}", here)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+dkim = _load("mailfleet_dkim")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _dir():
+    return __opts__.get("mailfleet_dkim_dir") or DEFAULT_DKIM_DIR
+
+
+# ---------------------------------------------------------------------------------------
+# State files (pure apart from the file system; unit-tested)
+# ---------------------------------------------------------------------------------------
+
+
+def state_path(base, domain):
+    return os.path.join(dkim.key_path(base, domain, "x").rsplit(os.sep, 1)[0], "state.json")
+
+
+def load_state(base, domain, ktype="rsa"):
+    try:
+        with open(state_path(base, domain), encoding="utf-8") as handle:
+            state = json.load(handle)
+    except FileNotFoundError:
+        return dkim.new_state(domain, ktype)
+    problems = dkim.validate_state(state)
+    if problems:
+        raise dkim.DkimError(f"{state_path(base, domain)}: {'; '.join(problems)}")
+    return state
+
+
+def save_state(base, domain, state):
+    path = state_path(base, domain)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".state.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(state, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def signing_material(base, domain):
+    """``{"selector", "key_type", "key"}`` of the domain's signing selector, or None."""
+    try:
+        state = load_state(base, domain)
+    except (OSError, ValueError):
+        return None
+    selector = dkim.signing_selector(state)
+    if not selector:
+        return None
+    with open(dkim.key_path(base, domain, selector), encoding="ascii") as handle:
+        return {"selector": selector, "key_type": state["key_type"], "key": handle.read()}
+
+
+# ---------------------------------------------------------------------------------------
+# Effects
+# ---------------------------------------------------------------------------------------
+
+
+def _dns_facts(state):
+    """What the configured resolver shows for each selector of the state."""
+    import dns.message
+    import dns.query
+
+    server = str(__opts__.get("mailfleet_dns_resolver") or __opts__.get("mailfleet_dns_server")
+                 or "198.18.0.2")
+    port = int(__opts__.get("mailfleet_dns_resolver_port") or __opts__.get("mailfleet_dns_port")
+               or 53)
+    out = {}
+    for entry in state["selectors"]:
+        name = f"{entry['selector']}._domainkey.{state['domain']}."
+        try:
+            ans = dns.query.udp(dns.message.make_query(name, "TXT"), server, port=port, timeout=3)
+        except Exception:  # pylint: disable=broad-except
+            continue  # unknown: not looked up
+        values = ["".join(s.decode("ascii", "replace") for s in r.strings)
+                  for rrset in ans.answer for r in rrset if hasattr(r, "strings")]
+        values = [v for v in values if v.lower().startswith("v=dkim1")]
+        out[entry["selector"]] = values[0] if values else None
+    return {"dns": out}
+
+
+def _publish(tgt, tgt_type, domain):
+    import salt.runner
+
+    runner = salt.runner.RunnerClient(__opts__)
+    ret = runner.cmd("mailfleet_dns.publish",
+                     kwarg={"tgt": tgt, "tgt_type": tgt_type, "domains": domain},
+                     print_event=False, full_return=False)
+    if not isinstance(ret, dict) or ret.get("errors"):
+        raise dkim.DkimError(f"publishing failed: {ret.get('errors') if isinstance(ret, dict) else ret}")
+    return ret
+
+
+def _domains(tgt, tgt_type, only=None):
+    """The domains served by the targeted minions (their pillar, compiled here)."""
+    mod = _load_runner("mailfleet_dns")
+    mod.__opts__ = __opts__
+    domains, _ = mod.fleet_data(tgt, tgt_type, only)
+    return sorted(domains)
+
+
+def _load_runner(name):
+    here = Path(__file__).resolve().parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_mailfleet_runner_mod_{name}", here)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def drive(base, domain, now, publish, facts_of, settings=None, max_steps=MAX_STEPS):
+    """
+    Run a domain's rotation until nothing more is possible now. ``publish()`` publishes
+    DNS for the whole fleet, ``facts_of(state)`` looks the selectors up. Returns the list
+    of actions taken and the final state. Each state is saved after its effects succeeded.
+    """
+    state = load_state(base, domain)
+    taken = []
+    for _ in range(max_steps):
+        facts = facts_of(state)
+        action = dkim.next_step(state, now(), facts, settings)
+        if action["action"] in ("none", "wait"):
+            taken.append(action)
+            break
+        if action["action"] == "error":
+            raise dkim.DkimError(f"{domain}: {action['why']}")
+        public = None
+        if action["action"] == "generate":
+            key = dkim.generate(state["key_type"])
+            public = dkim.public_b64(key)
+            dkim.write_private_key(dkim.key_path(base, domain, action["selector"]), key)
+        new = dkim.advance(state, action, now(), facts, public)
+        if "publish_dns" in action["effects"]:
+            save_state(base, domain, new)   # publishing reads the saved state
+            try:
+                publish()
+            except Exception:
+                save_state(base, domain, state)
+                raise
+        if "delete_key" in action["effects"] and action["selector"]:
+            try:
+                os.unlink(dkim.key_path(base, domain, action["selector"]))
+            except FileNotFoundError:
+                pass
+        save_state(base, domain, new)
+        state = new
+        taken.append(action)
+    return taken, state
+
+
+# ---------------------------------------------------------------------------------------
+# Salt entry points
+# ---------------------------------------------------------------------------------------
+
+
+def ensure(tgt="*mail*", tgt_type="glob", domains=None, rotate=False, wait=10):
+    """
+    Every domain served by the targeted minions gets a signing key whose record DNS shows.
+
+    domains
+        Only these served domains (comma-separated or a list).
+    rotate
+        ``True``: start a rotation (a new dated selector) for the domain(s).
+    wait
+        Seconds to wait for a just-published record to show in DNS before giving up for
+        this run (the next run resumes).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_dkim.ensure
+        salt-run mailfleet_dkim.ensure domains=example-a.test rotate=True
+    """
+    base = _dir()
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    os.chmod(base, 0o700)
+    domains = _domains(tgt, tgt_type, domains)
+    out, failed = {}, False
+    for name in domains:
+        if rotate:
+            save_state(base, name, dkim.request_rotation(load_state(base, name)))
+
+        def facts_of(state):
+            facts = _dns_facts(state)
+            deadline = time.monotonic() + float(wait)
+            pending = [e for e in state["selectors"] if e["status"] == "published"]
+            while pending and time.monotonic() < deadline and not all(
+                    facts["dns"].get(e["selector"]) for e in pending):
+                time.sleep(1)
+                facts = _dns_facts(state)
+            return facts
+
+        try:
+            taken, state = drive(base, name, time.time, lambda: _publish(tgt, tgt_type, name), facts_of)
+            out[name] = {"signing": dkim.signing_selector(state),
+                         "steps": [f"{a['action']} {a['selector'] or ''}: {a['why']}".strip()
+                                   for a in taken]}
+        except (dkim.DkimError, OSError) as err:
+            failed = True
+            out[name] = {"error": str(err)}
+    __context__["retcode"] = 1 if failed else 0
+    return dict(out, retcode=1 if failed else 0)
+
+
+def status(tgt="*mail*", tgt_type="glob", domains=None):
+    """The selectors of every served domain and their status."""
+    base = _dir()
+    out = {}
+    for name in _domains(tgt, tgt_type, domains):
+        try:
+            state = load_state(base, name)
+        except (dkim.DkimError, OSError) as err:
+            out[name] = {"error": str(err)}
+            continue
+        out[name] = {e["selector"]: e["status"] for e in state["selectors"]} or "no key"
+    return out
