@@ -27,7 +27,8 @@ mailfleet-mariadb-recycles-postfix:
     - mode: "0644"
     - contents: |
         [Service]
-        ExecStartPost=-/bin/sh -c 'systemctl is-active -q postfix && systemctl reload postfix || true'
+        # '+': as root (the service itself runs as mysql, which may not reload postfix).
+        ExecStartPost=-+/bin/sh -c 'systemctl is-active -q postfix && systemctl reload --no-block postfix || true'
   module.run:
     - service.systemctl_reload: []
     - onchanges:
