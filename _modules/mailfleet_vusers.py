@@ -1548,6 +1548,8 @@ def _run_sync(cfg, test, host, vmail_dir, batch_size, batch_callback, full, limi
                 prefetch = None
             return ret
         desired, retention = desired_rows(model, host)
+        exclusive = model["exclusive"]
+        del model  # the rows are all that is needed from here on (memory: 100,000 mailboxes)
         lap("desired")
         want = None
         prefetch.checked.wait()
@@ -1570,7 +1572,7 @@ def _run_sync(cfg, test, host, vmail_dir, batch_size, batch_callback, full, limi
         lap("connect")
         partial = None
         if want is not None and prefetch.digests is not None:
-            dirty = dirty_partitions(want, prefetch.digests, exclusive=model["exclusive"])
+            dirty = dirty_partitions(want, prefetch.digests, exclusive=exclusive)
             ret["partitions"] = {"total": len(set(want) | set(prefetch.digests)), "read": len(dirty)}
             if len(dirty) <= FULL_READ_SHARE * max(len(want), 1):
                 partial = dirty
@@ -1589,14 +1591,14 @@ def _run_sync(cfg, test, host, vmail_dir, batch_size, batch_callback, full, limi
                     for k in ks:
                         sub[k] = rows[k]
             lap("read")
-            diff = compute_diff(part_desired, current, managed, now, exclusive=model["exclusive"], retention=retention)
+            diff = compute_diff(part_desired, current, managed, now, exclusive=exclusive, retention=retention)
             if diff.purge["domain"]:
                 # whether a domain may go depends on every row that stays: read them all
                 partial = None
         if partial is None:
             current, managed = read_state(conn, has_managed or not test)
             lap("read")
-            diff = compute_diff(desired, current, managed, now, exclusive=model["exclusive"], retention=retention)
+            diff = compute_diff(desired, current, managed, now, exclusive=exclusive, retention=retention)
         lap("diff")
         notes = []
         if test or diff.empty:
