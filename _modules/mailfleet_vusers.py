@@ -3,9 +3,13 @@ mailfleet virtual users: PostfixAdmin 3.3 rows in MariaDB, synchronised from pil
 
 The pillar (``mailfleet:``) is validated as a whole, turned into the rows it declares
 (``domain``, ``mailbox``, ``alias``, ``alias_domain``), diffed against what the database
-holds (a handful of SELECTs, compared in Python dicts) and the difference written in ONE
-transaction, in batches. PostfixAdmin's tables are never altered: the rows mailfleet
-manages are recorded in a side table, ``mailfleet_managed``.
+holds and the difference written in ONE transaction, in batches. PostfixAdmin's tables are
+never altered: the rows mailfleet manages are recorded in a side table, ``mailfleet_managed``.
+
+Scale (10,000 domains, 100,000 mailboxes: bench/vusers_sync.py): MariaDB digests the rows
+and ownership records of every domain (its partition) while Python validates the pillar;
+the pillar's rows get the same digests, and only partitions whose digests differ are read
+and diffed (see "partition digests" below), so a no-op sync reads no rows at all.
 
 Everything that decides (validation, desired rows, diff, summary) is a plain function
 without ``__salt__``/``__pillar__``; the Salt functions at the bottom are thin glue.
