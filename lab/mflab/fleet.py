@@ -374,6 +374,30 @@ def _terminate(pids: list[int], grace: float) -> None:
         time.sleep(0.1)
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _terminate_group(pgid: int, grace: float) -> None:
+    """The master and every process it forked (its own session): even when its main
+    process already died, its workers must not keep the lab's ports bound."""
+    if not _group_alive(pgid):
+        return
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.2)
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.1)
+
+
 def down() -> None:
     t0 = time.monotonic()
     state = load_state() or {"hosts": {}}
@@ -385,7 +409,7 @@ def down() -> None:
     _terminate(inits, 0)
     _terminate(sorted(nspawns), 5)
     if state.get("master_pid"):
-        _terminate([state["master_pid"]], 10)
+        _terminate_group(state["master_pid"], 10)
     net.down()
     if config.STATE.exists():
         shutil.rmtree(config.STATE)

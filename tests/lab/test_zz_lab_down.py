@@ -30,6 +30,9 @@ def lab_down_and_nothing_left():
     assert proc.returncode == 0, proc.stderr
     assert fleet._machine_pids() == {}
     assert running_nspawn() == []
+    ports = subprocess.run(["ss", "-Hltn", "src", config.MASTER_IP], capture_output=True,
+                           text=True).stdout
+    assert ports.strip() == "", f"something still listens on the master address:\n{ports}"
     assert net.leftovers() == []
     assert not config.STATE.exists()
     mounts = Path("/proc/self/mountinfo").read_text()
