@@ -2,7 +2,8 @@
 # Installs what a fresh Debian 12 machine lacks to run mailfleet's tests and lab:
 # Debian packages (only the missing ones, one `apt-get update` first) and the venv.
 set -eu
-APT_PACKAGES="systemd-container debootstrap nftables iproute2 util-linux python3-venv openssl mariadb-server"
+APT_PACKAGES="systemd-container debootstrap nftables iproute2 util-linux python3-venv openssl mariadb-server chromium chromium-driver"
+# chromium + chromium-driver: the browser tests (tests/lab/test_70_webmail.py, selenium).
 
 missing=""
 for pkg in $APT_PACKAGES; do
