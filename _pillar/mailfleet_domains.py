@@ -24,14 +24,29 @@ The same goes for DKIM: for every served domain whose key the master keeps (the
 ``/var/lib/mailfleet-master/dkim``), the host receives the signing selector and its private
 key under ``mailfleet:dkim:<domain>`` (``selector``, ``key_type``, ``key``).
 Files are parsed with libyaml's C loader and cached by (mtime, size), so a fleet with
-10,000 domain files re-reads only what changed.
+10,000 domain files re-reads only what changed. The cache must outlive the module: the
+master builds a fresh loader, and so a fresh copy of this module, for every pillar
+request, and each of its worker processes starts cold. So parsed files are kept once per
+process (in ``sys.modules``, which every copy of the module sees) and in one msgpack file
+per folder under the master's cachedir (``mailfleet_domains/``, root only, written
+atomically), from which a cold worker starts in under a second instead of re-parsing
+10,000 YAML files (about 9 s). Order ``mailfleet_domains`` last among ext_pillars: Salt
+deep-copies the pillar gathered so far before merging each further source into it.
 """
+import hashlib
 import json
 import logging
 import os
 import re
+import sys
+import types
 
 import yaml
+
+try:
+    import msgpack
+except ImportError:  # pragma: no cover - a dependency of Salt itself
+    msgpack = None
 
 log = logging.getLogger(__name__)
 __virtualname__ = "mailfleet_domains"
@@ -41,8 +56,14 @@ try:
 except AttributeError:  # pragma: no cover - libyaml is part of PyYAML's wheels
     _Loader = yaml.SafeLoader
 
-# path -> (mtime_ns, size, {domain: data}); lives as long as the master's worker.
-_CACHE = {}
+# path -> (mtime_ns, size, {domain: data}), shared by every copy of this module in the
+# process (see the module doc). Cached data is handed to Salt by reference: read-only.
+_SHARED = sys.modules.setdefault("_mailfleet_domains_parse_cache",
+                                 types.ModuleType("_mailfleet_domains_parse_cache"))
+if not hasattr(_SHARED, "files"):
+    _SHARED.files = {}
+    _SHARED.disk_loaded = set()
+_CACHE = _SHARED.files
 
 
 def __virtual__():
@@ -64,9 +85,56 @@ def _domains_in(path):
     return domains
 
 
-def domains_for(minion_id, folder):
-    """{domain: data} of every domain file in ``folder`` whose ``hosts`` names ``minion_id``."""
-    served, seen = {}, set()
+def _disk_cache_path(folder, cachedir):
+    digest = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:16]
+    return os.path.join(cachedir, "mailfleet_domains", f"{digest}.msgpack")
+
+
+def _load_disk_cache(folder, cachedir):
+    """Seed the process cache from the folder's cache file, once per process; entries are
+    still checked against each file's (mtime, size) before use."""
+    if not cachedir or msgpack is None or (folder, cachedir) in _SHARED.disk_loaded:
+        return
+    _SHARED.disk_loaded.add((folder, cachedir))
+    try:
+        with open(_disk_cache_path(folder, cachedir), "rb") as handle:
+            entries = msgpack.unpackb(handle.read(), raw=False, strict_map_key=False)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        log.warning("mailfleet_domains: parse cache of %s unusable (%s); re-parsing", folder, err)
+        return
+    for path, (mtime_ns, size, domains) in (entries or {}).items():
+        if path not in _CACHE and isinstance(domains, dict):
+            _CACHE[path] = (mtime_ns, size, domains)
+
+
+def _save_disk_cache(folder, cachedir):
+    if not cachedir or msgpack is None:
+        return
+    target = _disk_cache_path(folder, cachedir)
+    prefix = os.path.join(folder, "")
+    entries = {p: list(v) for p, v in _CACHE.items() if p.startswith(prefix)}
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(msgpack.packb(entries, use_bin_type=True))
+        os.replace(tmp, target)  # atomic: workers racing here each leave a whole file
+    except (OSError, TypeError, ValueError) as err:
+        log.warning("mailfleet_domains: cannot write parse cache %s (%s)", target, err)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def domains_for(minion_id, folder, cachedir=None):
+    """{domain: data} of every domain file in ``folder`` whose ``hosts`` names ``minion_id``.
+    ``cachedir``: where to keep the parse cache between processes (None: memory only)."""
+    served, seen, parsed = {}, set(), 0
+    _load_disk_cache(folder, cachedir)
     try:
         names = sorted(os.listdir(folder))
     except OSError as err:
@@ -78,7 +146,9 @@ def domains_for(minion_id, folder):
         path = os.path.join(folder, name)
         seen.add(path)
         try:
+            before = _CACHE.get(path)
             domains = _domains_in(path)
+            parsed += _CACHE.get(path) is not before
         except (OSError, yaml.YAMLError) as err:
             # A broken file must not hand a host a partial view silently: say which file.
             log.error("mailfleet_domains: %s unreadable (%s); its domains are left out", path, err)
@@ -90,6 +160,9 @@ def domains_for(minion_id, folder):
     for gone in set(_CACHE) - seen:
         if os.path.dirname(gone) == folder:
             del _CACHE[gone]
+            parsed += 1
+    if parsed:
+        _save_disk_cache(folder, cachedir)
     return served
 
 
@@ -131,8 +204,10 @@ def ext_pillar(minion_id, pillar, path=None, dkim_dir=None, **kwargs):  # pylint
         log.error("mailfleet_domains: no path configured")
         return {}
     served = {}
+    opts = globals().get("__opts__", {})
+    cachedir = kwargs.get("cachedir") or opts.get("cachedir")
     for folder in [path] if isinstance(path, str) else list(path):
-        for domain, data in domains_for(minion_id, folder).items():
+        for domain, data in domains_for(minion_id, folder, cachedir).items():
             if domain in served:
                 log.error("mailfleet_domains: %s is declared in more than one folder; "
                           "the copy in %s is ignored", domain, folder)
@@ -141,7 +216,7 @@ def ext_pillar(minion_id, pillar, path=None, dkim_dir=None, **kwargs):  # pylint
     if not served:
         return {}
     out = {"mailfleet": {"domains": served}}
-    base = dkim_dir or globals().get("__opts__", {}).get("mailfleet_dkim_dir") or DEFAULT_DKIM_DIR
+    base = dkim_dir or opts.get("mailfleet_dkim_dir") or DEFAULT_DKIM_DIR
     keys = {d: k for d in served for k in [dkim_for(d, base)] if k}
     if keys:
         out["mailfleet"]["dkim"] = keys

@@ -83,3 +83,76 @@ def test_dkim_keys_go_only_to_the_hosts_serving_the_domain(tmp_path):
     (keys / "b.test" / "mf2.key").unlink()
     got = ext.ext_pillar("mail02.lab.test", {}, path=str(folder), dkim_dir=str(keys))
     assert "dkim" not in got["mailfleet"] and "b.test" in got["mailfleet"]["domains"]
+
+
+def _fresh_module(alias):
+    """Another copy of the module, as the master's loader makes one per pillar request."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(alias, ext.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _count_yaml_parses(monkeypatch):
+    calls = []
+    real = ext.yaml.load
+
+    def counting(stream, Loader):  # noqa: N803 - yaml's own spelling
+        calls.append(getattr(stream, "name", "?"))
+        return real(stream, Loader=Loader)
+
+    monkeypatch.setattr(ext.yaml, "load", counting)
+    return calls
+
+
+def _forget_process_cache(folder):
+    for path in [p for p in ext._CACHE if p.startswith(str(folder))]:
+        del ext._CACHE[path]
+    ext._SHARED.disk_loaded.clear()
+
+
+def test_a_fresh_copy_of_the_module_does_not_parse_the_files_again(tmp_path, monkeypatch):
+    write(tmp_path, "a.test.yaml", DOMAIN_A)
+    write(tmp_path, "b.test.yaml", DOMAIN_B)
+    parses = _count_yaml_parses(monkeypatch)
+    first = _fresh_module("mailfleet_domains_copy1").ext_pillar("mail02.lab.test", {}, path=str(tmp_path))
+    second = _fresh_module("mailfleet_domains_copy2").ext_pillar("mail02.lab.test", {}, path=str(tmp_path))
+    assert first == second and sorted(first["mailfleet"]["domains"]) == ["a.test", "b.test"]
+    assert len(parses) == 2  # each file once, not once per copy
+
+
+def test_a_cold_process_starts_from_the_disk_cache_and_still_sees_edits(tmp_path, monkeypatch):
+    folder, cache = tmp_path / "domains", tmp_path / "cache"
+    folder.mkdir()
+    write(folder, "a.test.yaml", DOMAIN_A)
+    path_b = write(folder, "b.test.yaml", DOMAIN_B)
+    ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
+    files = list((cache / "mailfleet_domains").iterdir())
+    assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+
+    _forget_process_cache(folder)  # a new master worker
+    parses = _count_yaml_parses(monkeypatch)
+    got = ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
+    assert sorted(got["mailfleet"]["domains"]) == ["a.test", "b.test"] and parses == []
+
+    _forget_process_cache(folder)
+    path_b.write_text(DOMAIN_B.replace("hosts: [mail02.lab.test]", "hosts: [mail02.lab.test]\n      description: edited"))
+    os.utime(path_b, ns=(2, 2))
+    got = ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
+    assert got["mailfleet"]["domains"]["b.test"]["description"] == "edited"
+    assert parses == [str(path_b)]
+
+
+def test_a_damaged_disk_cache_is_ignored_and_rewritten(tmp_path):
+    folder, cache = tmp_path / "domains", tmp_path / "cache"
+    folder.mkdir()
+    write(folder, "b.test.yaml", DOMAIN_B)
+    ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
+    (cache_file,) = (cache / "mailfleet_domains").iterdir()
+    cache_file.write_bytes(b"\xc1 not msgpack")
+    _forget_process_cache(folder)
+    got = ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
+    assert list(got["mailfleet"]["domains"]) == ["b.test"]
+    assert cache_file.read_bytes() != b"\xc1 not msgpack"
