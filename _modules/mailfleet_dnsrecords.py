@@ -502,6 +502,40 @@ def _mta_sts(domain, key, cfg, mx_names, problems):
     return policy, f"v=STSv1; id={sts_id(policy)}"
 
 
+def mta_sts_policy(domain, data, mx_names=None):
+    """
+    What a mail host serves at ``https://mta-sts.<domain>/.well-known/mta-sts.txt``:
+    ``{"policy": text or None, "record": "v=STSv1; id=...", "problems": [...]}``.
+
+    The same text :func:`build` puts in ``files`` (so the published id matches the file),
+    when ``mx_names`` are the MX host names; by default the minion ids under ``hosts``
+    (minion ids are the hosts' FQDNs). ``policy`` is None when the domain has no
+    ``dns:mta_sts`` or when ``problems`` (each naming its pillar key) is not empty.
+    """
+    problems = []
+    try:
+        zone = fqdn(domain)
+    except ValueError:
+        return {"policy": None, "record": None,
+                "problems": [f"mailfleet:domains: {domain!r} is not a domain name"]}
+    key = f"mailfleet:domains:{zone.rstrip('.')}:dns:mta_sts"
+    cfg = ((data or {}).get("dns") or {}).get("mta_sts")
+    if not cfg:
+        return {"policy": None, "record": None, "problems": []}
+    if mx_names is None:
+        mx_names = []
+        for host in (data or {}).get("hosts") or []:
+            try:
+                mx_names.append(fqdn(host))
+            except ValueError:
+                problems.append(f"mailfleet:domains:{zone.rstrip('.')}:hosts: {host!r} "
+                                "is not a host name")
+    policy, record = _mta_sts(zone, key, cfg, [fqdn(m) for m in mx_names], problems)
+    if problems:
+        return {"policy": None, "record": None, "problems": problems}
+    return {"policy": policy, "record": record, "problems": []}
+
+
 # ---------------------------------------------------------------- DKIM records
 
 def dkim_record(key_type, public_b64):
