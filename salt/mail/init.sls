@@ -7,6 +7,7 @@ include:
   - mail.tls
   - mail.postfix
   - mail.dovecot
+  - mail.rspamd
   - mail.firewall
   - mail.defense
   - mail.vusers

@@ -40,6 +40,9 @@ DEBIAN_ONLY = [
     r"(?<!/mail)/etc/aliases\b",
     r"/usr/sbin/sendmail",
     r"/usr/bin/newaliases",
+    r"(?<!/usr/local)/etc/rspamd\b",
+    r"\b_rspamd\b",
+    r"/var/lib/rspamd",
 ]
 
 
@@ -119,13 +122,14 @@ def _master_services(text):
 def test_every_sls_renders_and_every_template_is_rendered(freebsd):
     sls = {body["__sls__"] for body in freebsd.high.values()}
     assert sls == {"mail.validate", "mail.packages", "mail.database", "mail.tls", "mail.postfix",
-                   "mail.dovecot", "mail.firewall", "mail.defense", "mail.vusers"}
+                   "mail.dovecot", "mail.rspamd", "mail.firewall", "mail.defense",
+                   "mail.vusers"}
     templated = {c[3]["source"] for c in freebsd.salt.file_templates(freebsd.high)}
     assert templated == {
         "salt://mail/files/postfix-main.cf.jinja", "salt://mail/files/postfix-master.cf.jinja",
         "salt://mail/files/postfix-sql.cf.jinja", "salt://mail/files/dovecot-2.3.conf.jinja",
         "salt://mail/files/dovecot-sql.conf.ext.jinja", "salt://mail/files/nginx-mailfleet.conf.jinja",
-        "salt://mail/files/pf.conf.jinja"}
+        "salt://mail/files/pf.conf.jinja", "salt://mail/files/rspamd-local.conf.jinja"}
     assert all(text.strip() for text in freebsd.files.values())
 
 
@@ -238,6 +242,22 @@ def test_renewal_and_reload_without_systemd(freebsd):
     assert 'service "$s" reload' in hook["contents"]
     nginx = freebsd.by_id("mailfleet-nginx-main-conf")["contents"]
     assert "include /usr/local/etc/nginx/conf.d/*.conf;" in nginx
+
+
+def test_rspamd_on_freebsd(freebsd):
+    managed = freebsd.managed()
+    for part in ("worker-proxy.inc", "dkim_signing.conf", "milter_headers.conf", "actions.conf"):
+        args = managed[f"/usr/local/etc/rspamd/local.d/{part}"][3]
+        assert args["check_cmd"] == (f"/usr/local/sbin/mailfleet-rspamd-check "
+                                     f"/usr/local/etc/rspamd local.d/{part}")
+    keys = freebsd.by_id("mailfleet-rspamd-dkim-dir")
+    assert (keys["name"], keys["group"], keys["mode"]) == ("/var/db/rspamd/dkim", "rspamd", "0750")
+    assert "sysrc rspamd_enable=YES" in freebsd.cmds()
+    signing = freebsd.files["/usr/local/etc/rspamd/local.d/dkim_signing.conf"]
+    assert 'path_map = "/usr/local/etc/rspamd/mailfleet/dkim_paths.map";' in signing
+    main = _main_cf(freebsd.files["/usr/local/etc/postfix/main.cf"])
+    assert main["smtpd_milters"] == "inet:127.0.0.1:11332"
+    assert main["milter_default_action"] == "accept"
 
 
 @pytest.mark.parametrize("which", ["freebsd", "freebsd24"])
