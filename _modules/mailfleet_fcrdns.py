@@ -55,7 +55,7 @@ def usable_addresses(values):
             continue
         if str(ip) not in out:
             out.append(str(ip))
-    return sorted(out, key=ipaddress.ip_address)
+    return sorted(out, key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))
 
 
 def evaluate(name, ip, ptrs, forward):

@@ -351,10 +351,18 @@ def dkim_entries(domain):
             state = json.load(handle)
     except FileNotFoundError:
         return []
+    except OSError as err:
+        # Unreadable (a directory, an I/O error, permissions for a non-root master): the
+        # domain's DKIM records are unknown, so nothing may be published for it.
+        raise RuntimeError(f"mailfleet_dkim_dir ({base}): DKIM state of {domain} "
+                           f"unreadable: {path}: {err.strerror or err}") from err
+    except ValueError as err:
+        raise RuntimeError(f"mailfleet_dkim_dir ({base}): DKIM state of {domain} "
+                           f"is not JSON: {path}: {err}") from err
     dkim = _load("mailfleet_dkim")
     problems = dkim.validate_state(state)
     if problems:
-        raise RuntimeError(f"{path}: {'; '.join(problems)}")
+        raise RuntimeError(f"mailfleet_dkim_dir ({base}): {path}: {'; '.join(problems)}")
     return dkim.dns_entries(state)
 
 
