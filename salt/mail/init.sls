@@ -11,3 +11,4 @@ include:
   - mail.firewall
   - mail.defense
   - mail.vusers
+  - mail.webmail     # Roundcube/PostfixAdmin when mailfleet:webmail/postfixadmin:enabled (else removes them)

@@ -1,0 +1,43 @@
+"""
+States for mail.webmail: its settings are valid; PostfixAdmin's pillar admins exist.
+"""
+
+__virtualname__ = "mailfleet_webmail"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def valid(name, config):
+    """Fail, naming every bad pillar key under mailfleet:webmail / mailfleet:postfixadmin."""
+    errors = __salt__["mailfleet_webmail.problems"](config)
+    if errors:
+        return {"name": name, "result": False, "changes": {},
+                "comment": "invalid webmail settings, nothing changed:\n" + "\n".join(errors)}
+    return {"name": name, "result": True, "changes": {}, "comment": "webmail settings are valid"}
+
+
+def admin(name, password, database="postfix"):
+    """
+    PostfixAdmin superadmin ``name`` exists, active, with this password hash. Only this row
+    (and its 'ALL' domain_admins row) is touched: admins made in PostfixAdmin stay as they are.
+    The hash never appears in changes or comments.
+    """
+    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    status = __salt__["mailfleet_webmail.admin_status"](name, password, database)
+    if status == "ok":
+        ret["comment"] = f"PostfixAdmin superadmin {name} is as declared"
+        return ret
+    ret["changes"] = {"admin": "created" if status == "missing" else "password/superadmin/active set"}
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] = f"PostfixAdmin superadmin {name} would be updated"
+        return ret
+    __salt__["mailfleet_webmail.ensure_admin"](name, password, database)
+    if __salt__["mailfleet_webmail.admin_status"](name, password, database) != "ok":
+        ret["result"] = False
+        ret["comment"] = f"PostfixAdmin superadmin {name}: written but not as declared"
+        return ret
+    ret["comment"] = f"PostfixAdmin superadmin {name} updated"
+    return ret

@@ -1,0 +1,303 @@
+{#- Roundcube (webmail) and PostfixAdmin 3.3 (admin panel), each optional per host:
+    mailfleet:webmail:enabled, mailfleet:postfixadmin:enabled (see _modules/mailfleet_webmail.py).
+    Both are location blocks inside the host's HTTPS server (mail.tls, ACME certificate), each
+    on its own php-fpm pool running as its own user. An application switched off is removed
+    (its nginx locations, pool and config files; databases and packages stay). #}
+{%- from "mail/map.jinja" import mf with context %}
+{%- set L = mf.lookup %}
+{%- set web = mf.get("webmail") or {} %}
+{%- set pfa = mf.get("postfixadmin") or {} %}
+{%- set php_pool_dir = L.get("php_fpm_pool_dir", "/etc/php/8.2/fpm/pool.d") %}
+{%- set php_service = L.get("php_fpm_service", "php8.2-fpm") %}
+{%- set php_check = L.get("php_fpm_check", "php-fpm8.2 -t") %}
+{%- set php_run = L.get("php_fpm_run_dir", "/run/php") %}
+{%- set web_user = L.get("nginx_user", "www-data") %}
+{%- set snippets = L.nginx_site.rsplit("/", 2)[0] ~ "/mailfleet-tls.d" %}
+{%- set state_dir = "/var/lib/mailfleet-webmail" %}
+{%- set apps = {
+      "roundcube": {
+        "on": web.get("enabled") is sameas true,
+        "user": "mf-roundcube",
+        "root": L.get("roundcube_public", "/var/lib/roundcube/public_html"),
+        "packages": L.get("roundcube_packages", ["roundcube-core", "roundcube-mysql", "php-fpm", "php-mysql"]),
+        "max_children": 6, "upload_max": "25M"},
+      "postfixadmin": {
+        "on": pfa.get("enabled") is sameas true,
+        "user": "mf-postfixadmin",
+        "root": L.get("postfixadmin_public", "/usr/share/postfixadmin/public"),
+        "packages": L.get("postfixadmin_packages", ["postfixadmin", "php-fpm", "php-mysql"]),
+        "max_children": 3, "upload_max": "2M"},
+    } %}
+{%- set any_on = apps.roundcube.on or apps.postfixadmin.on %}
+
+{%- if any_on %}
+include:
+  - mail.tls
+  - mail.database
+
+mailfleet-webmail-settings-valid:
+  mailfleet_webmail.valid:
+    - config: {{ {"webmail": web, "postfixadmin": pfa} | json }}
+    - failhard: True
+    - order: 1
+
+mailfleet-webmail-packages:
+  pkg.installed:
+    - pkgs: {{ ((apps.roundcube.packages if apps.roundcube.on else []) + (apps.postfixadmin.packages if apps.postfixadmin.on else [])) | unique | list | json }}
+    - require:
+      - mailfleet_webmail: mailfleet-webmail-settings-valid
+
+mailfleet-webmail-state-dir:
+  file.directory:
+    - name: {{ state_dir }}
+    - mode: "0755"
+
+mailfleet-nginx-tls-snippets:
+  file.directory:
+    - name: {{ snippets }}
+    - mode: "0755"
+{%- endif %}
+
+{%- for app, a in apps.items() %}
+{%-   set socket = php_run ~ "/mailfleet-" ~ app ~ ".sock" %}
+{%-   set pool = php_pool_dir ~ "/mailfleet-" ~ app ~ ".conf" %}
+{%-   set snippet = snippets ~ "/" ~ app ~ ".conf" %}
+{%-   if a.on %}
+
+mailfleet-{{ app }}-user:
+  user.present:
+    - name: {{ a.user }}
+    - system: True
+    - home: {{ state_dir }}
+    - createhome: False
+    - shell: /usr/sbin/nologin
+    - usergroup: True
+
+mailfleet-{{ app }}-sessions:
+  file.directory:
+    - name: {{ state_dir }}/sessions-{{ app }}
+    - user: {{ a.user }}
+    - group: {{ a.user }}
+    - mode: "0700"
+    - require:
+      - user: mailfleet-{{ app }}-user
+      - file: mailfleet-webmail-state-dir
+
+mailfleet-{{ app }}-pool:
+  file.managed:
+    - name: {{ pool }}
+    - source: salt://mail/files/php-fpm-pool.conf.jinja
+    - template: jinja
+    - context:
+        app: {{ app }}
+        user: {{ a.user }}
+        web_user: {{ web_user }}
+        socket: {{ socket }}
+        session_dir: {{ state_dir }}/sessions-{{ app }}
+        max_children: {{ a.max_children }}
+        upload_max: {{ a.upload_max }}
+    - mode: "0644"
+    - require:
+      - pkg: mailfleet-webmail-packages
+      - user: mailfleet-{{ app }}-user
+    - require_in:
+      - cmd: mailfleet-php-fpm-config-ok
+    - watch_in:
+      - service: mailfleet-php-fpm
+{%-   else %}
+
+mailfleet-{{ app }}-pool-absent:
+  file.absent:
+    - name: {{ pool }}
+{%-     if any_on %}
+    - watch_in:
+      - service: mailfleet-php-fpm
+{%-     endif %}
+
+mailfleet-{{ app }}-nginx-absent:
+  file.absent:
+    - name: {{ snippet }}
+{%-     if any_on %}
+    - watch_in:
+      - service: mailfleet-webmail-nginx-reload
+{%-     else %}
+  cmd.run:
+    - name: nginx -t -q && (systemctl reload nginx || service nginx reload)
+    - onchanges:
+      - file: mailfleet-{{ app }}-nginx-absent
+{%-     endif %}
+{%-   endif %}
+{%- endfor %}
+
+{%- if apps.roundcube.on %}
+{%-   set rc_db = "roundcube" %}
+{%-   set rc_user = "roundcube" %}
+
+mailfleet-roundcube-database:
+  mailfleet_db.database:
+    - name: {{ rc_db }}
+    - schema: {{ L.get("roundcube_schema", "/usr/share/roundcube/SQL/mysql.initial.sql") }}
+    - require:
+      - service: mailfleet-mariadb
+      - pkg: mailfleet-webmail-packages
+
+mailfleet-roundcube-db-user:
+  mailfleet_db.user:
+    - name: {{ rc_user }}
+    - password: {{ web.db_password | json }}
+    - database: {{ rc_db }}
+    - privileges: [SELECT, INSERT, UPDATE, DELETE]
+    - require:
+      - mailfleet_db: mailfleet-roundcube-database
+
+mailfleet-roundcube-config:
+  file.managed:
+    - name: {{ L.get("roundcube_config", "/etc/roundcube/config.inc.php") }}
+    - source: salt://mail/files/roundcube-config.inc.php.jinja
+    - template: jinja
+    - context:
+        mf: {{ mf | json }}
+        web: {{ web | json }}
+        db_user: {{ rc_user }}
+        db_name: {{ rc_db }}
+        temp_dir: {{ L.get("roundcube_temp", "/var/lib/roundcube/temp") }}
+        upload_max: {{ apps.roundcube.upload_max }}
+    - user: root
+    - group: {{ apps.roundcube.user }}
+    - mode: "0640"
+    - show_changes: False
+    - require:
+      - pkg: mailfleet-webmail-packages
+      - user: mailfleet-roundcube-user
+      - mailfleet_db: mailfleet-roundcube-db-user
+    - require_in:
+      - service: mailfleet-php-fpm
+
+mailfleet-roundcube-temp:
+  file.directory:
+    - name: {{ L.get("roundcube_temp", "/var/lib/roundcube/temp") }}
+    - user: {{ apps.roundcube.user }}
+    - group: {{ apps.roundcube.user }}
+    - mode: "0750"
+    - require:
+      - pkg: mailfleet-webmail-packages
+      - user: mailfleet-roundcube-user
+{%- endif %}
+
+{%- if apps.postfixadmin.on %}
+{%-   set pfa_db_user = "mailfleet_pfadmin" %}
+
+mailfleet-postfixadmin-db-user:
+  mailfleet_db.user:
+    - name: {{ pfa_db_user }}
+    - password: {{ pfa.db_password | json }}
+    - database: {{ mf.db.name }}
+    - privileges: [SELECT, INSERT, UPDATE, DELETE]
+    - require:
+      - mailfleet_db: mailfleet-database
+
+{#- Debian's config.inc.php require_once's dbconfig.inc.php; config.local.php wins. #}
+{%-   for name, src in [("dbconfig.inc.php", "postfixadmin-dbconfig.inc.php.jinja"),
+                        ("config.local.php", "postfixadmin-config.local.php.jinja")] %}
+mailfleet-postfixadmin-{{ name }}:
+  file.managed:
+    - name: {{ L.get("postfixadmin_etc", "/etc/postfixadmin") }}/{{ name }}
+    - source: salt://mail/files/{{ src }}
+    - template: jinja
+    - context:
+        mf: {{ mf | json }}
+        pfa: {{ pfa | json }}
+        db_user: {{ pfa_db_user }}
+    - user: root
+    - group: {{ apps.postfixadmin.user }}
+    - mode: "0640"
+    - show_changes: False
+    - require:
+      - pkg: mailfleet-webmail-packages
+      - user: mailfleet-postfixadmin-user
+    - require_in:
+      - service: mailfleet-php-fpm
+{%-   endfor %}
+
+mailfleet-postfixadmin-templates-cache:
+  file.directory:
+    - name: {{ L.get("postfixadmin_templates_c", "/var/cache/postfixadmin/templates_c") }}
+    - user: {{ apps.postfixadmin.user }}
+    - group: root
+    - mode: "0700"
+    - require:
+      - pkg: mailfleet-webmail-packages
+      - user: mailfleet-postfixadmin-user
+
+{%-   for admin, hash in (pfa.get("admins") or {}).items() %}
+mailfleet-postfixadmin-admin-{{ admin }}:
+  mailfleet_webmail.admin:
+    - name: {{ admin | json }}
+    - password: {{ hash | json }}
+    - database: {{ mf.db.name }}
+    - require:
+      - mailfleet_db: mailfleet-database
+{%-   endfor %}
+{%- endif %}
+
+{%- if any_on %}
+
+mailfleet-php-fpm-config-ok:
+  cmd.run:
+    - name: {{ php_check }}
+    - onchanges:
+{%-   for app, a in apps.items() if a.on %}
+      - file: mailfleet-{{ app }}-pool
+{%-   endfor %}
+
+mailfleet-php-fpm:
+  service.running:
+    - name: {{ php_service }}
+    - enable: True
+    - reload: True
+    - require:
+      - cmd: mailfleet-php-fpm-config-ok
+
+{%-   for app, a in apps.items() if a.on %}
+mailfleet-{{ app }}-nginx:
+  file.managed:
+    - name: {{ snippets }}/{{ app }}.conf
+    - source: salt://mail/files/nginx-webmail.conf.jinja
+    - template: jinja
+    - context:
+        app: {{ app }}
+        root: {{ a.root }}
+        socket: {{ php_run }}/mailfleet-{{ app }}.sock
+        upload_max: {{ a.upload_max }}
+        allow: {{ (pfa.get("allow") or []) | json }}
+        setup_open: {{ pfa.get("setup_open") is sameas true }}
+    - mode: "0644"
+    - require:
+      - file: mailfleet-nginx-tls-snippets
+      - file: mailfleet-nginx-tls-site
+      - service: mailfleet-php-fpm
+{%-   endfor %}
+
+mailfleet-webmail-nginx-config-ok:
+  cmd.run:
+    - name: nginx -t -q
+    - onchanges:
+{%-   for app, a in apps.items() if a.on %}
+      - file: mailfleet-{{ app }}-nginx
+{%-   endfor %}
+{%-   for app, a in apps.items() if not a.on %}
+      - file: mailfleet-{{ app }}-nginx-absent
+{%-   endfor %}
+
+mailfleet-webmail-nginx-reload:
+  service.running:
+    - name: nginx
+    - reload: True
+    - require:
+      - cmd: mailfleet-webmail-nginx-config-ok
+      - service: mailfleet-nginx-tls-reload
+    - watch:
+{%-   for app, a in apps.items() if a.on %}
+      - file: mailfleet-{{ app }}-nginx
+{%-   endfor %}
+{%- endif %}
