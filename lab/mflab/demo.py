@@ -119,6 +119,7 @@ def mail_demo() -> int:
             break
         time.sleep(1)
     print(f"  read back over IMAPS (993, certificate verified): {found} message")
+    webmail_urls()
 
     print("\n== salt-run mailcheck.fleet")
     check = subprocess.run([str(VENV_BIN / "salt-run"), "-c", str(SALT_DIR), "mailcheck.fleet"],
@@ -131,3 +132,28 @@ def mail_demo() -> int:
     print("\n".join(table))
     ritual_ok = check.returncode == 0 and "FAIL" not in check.stdout
     return 0 if found == "1" and sent.returncode == 0 and ritual_ok else 1
+
+
+def webmail_urls() -> None:
+    """Where a user reads mail in a browser: Roundcube on each mail host that serves it."""
+    import http.client
+    import socket
+    print("\n== webmail: Roundcube over HTTPS (certificate verified against the lab's Pebble root)")
+    ctx = ssl.create_default_context(cafile=str(fleet.SHARED / "ca" / "pebble-root.pem"))
+    for name, host in fleet.load_state()["hosts"].items():
+        if host["role"] != "mail":
+            continue
+        fqdn = f"{name}.{config.DOMAIN}"
+        try:
+            conn = http.client.HTTPSConnection(fqdn, 443, context=ctx, timeout=10)
+            conn.sock = ctx.wrap_socket(socket.create_connection((host["ip"], 443), timeout=10),
+                                        server_hostname=fqdn)
+            conn.request("GET", "/roundcube/")
+            resp = conn.getresponse()
+            said = "login page" if resp.status == 200 and b"login-form" in resp.read() else f"HTTP {resp.status}"
+            conn.close()
+        except OSError as err:
+            said = f"no answer: {err}"
+        print(f"  https://{fqdn}/roundcube/  ({host['ip']}): {said}")
+    print("  (a browser here: chromium --host-resolver-rules='MAP mail01.lab.test 198.18.0.11';"
+          " inbox screenshot of the browser test: tests/artifacts/roundcube-inbox-mail01.png)")
