@@ -25,41 +25,104 @@ defense.conf from pillar ``mailfleet:defense``)::
           poll: 0.1              # seconds between reads of the log
           thresholds: {relay: {count: 3, window: 600}, ...}   # see mailfleet_maillog
           max_ips: 500
+          dnsbl: {zones: [...], interval: 300, timeout: 5, resolvers: [], ips: [], dqs_key: ""}
+
+With ``dnsbl`` (pillar ``mailfleet:dnsbl``, see _modules/mailfleet_dnsbl.py), a thread of
+this engine checks the host's sending addresses against the zones every ``interval`` seconds
+through the host's resolver and fires ``mailfleet/dnsbl/transition`` on transitions only::
+
+    data {"host": <minion id>, "ips": [...], "zones": {zone: {"ok", "why"}},
+          "transitions": [{"ip", "zone", "state": listed|cleared|unknown, "previous",
+                           "codes", "why", "initial"}]}
+
+(the master's dnsbl reactor hands it to the ``mailfleet_reroute`` runner). The thread never
+blocks the log loop: slow or failing DNS only delays the next DNSBL round.
 """
+import contextvars
 import importlib.util
 import logging
 import os
 import sys
+import threading
 import time
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_watch"
 TAG = "mailfleet/abuse/report"
+DNSBL_TAG = "mailfleet/dnsbl/transition"
 
 
 def __virtual__():
     return __virtualname__
 
 
-def _maillog():
+def _maillog(name="mailfleet_maillog"):
     """The detection core, imported from wherever the loader found our modules."""
-    if "mailfleet_maillog" in sys.modules:
-        return sys.modules["mailfleet_maillog"]
+    if name in sys.modules:
+        return sys.modules[name]
     here = os.path.dirname(os.path.abspath(__file__))
     cands = [os.path.join(here, "..", "modules"), os.path.join(here, "..", "_modules")]
     ext = __opts__.get("extension_modules")  # noqa: F821
     if ext:
         cands.insert(0, os.path.join(ext, "modules"))
     for d in cands:
-        path = os.path.join(d, "mailfleet_maillog.py")
+        path = os.path.join(d, f"{name}.py")
         if os.path.exists(path):
-            spec = importlib.util.spec_from_file_location("mailfleet_maillog", path)
+            spec = importlib.util.spec_from_file_location(name, path)
             mod = importlib.util.module_from_spec(spec)
-            sys.modules["mailfleet_maillog"] = mod
+            sys.modules[name] = mod
             spec.loader.exec_module(mod)
             return mod
-    raise ImportError("mailfleet_maillog.py not found (saltutil.sync_modules?)")
+    raise ImportError(f"{name}.py not found (saltutil.sync_modules?)")
+
+
+class DnsblWatcher:
+    """One DNSBL round per ``interval``: the host's sending addresses against every zone,
+    zones self-tested, transitions only (mailfleet_dnsbl.Tracker)."""
+
+    def __init__(self, bl, host, conf, addresses, lookup=None):
+        self.bl, self.host = bl, host
+        self.conf = bl.settings(conf)
+        self.addresses = addresses  # callable: candidate addresses of this host, now
+        self.lookup = lookup or bl.make_lookup(self.conf["resolvers"], self.conf["timeout"])
+        self.tracker = bl.Tracker()
+
+    def ips(self):
+        return self.bl.sending_ips(self.conf["ips"] or self.addresses())
+
+    def round(self):
+        """The event to fire for this round, or None when nothing changed."""
+        ips = self.ips()
+        res = self.bl.check_round(ips, self.conf["zones"], self.lookup, self.conf["dqs_key"])
+        trans = self.tracker.update(res["verdicts"])
+        if not trans:
+            return None
+        return {"host": self.host, "ips": ips, "zones": res["zones"], "transitions": trans}
+
+    def run(self, fire, stop=None):
+        while not (stop and stop.is_set()):
+            started = time.monotonic()
+            try:
+                ev = self.round()
+                if ev is not None:
+                    fire(ev, DNSBL_TAG)
+                    log.info("mailfleet_watch: DNSBL %s", ", ".join(
+                        f"{t['ip']} {t['zone']} {t['state']}" for t in ev["transitions"]))
+            except Exception:  # pylint: disable=broad-except
+                log.exception("mailfleet_watch: DNSBL round failed")
+            left = self.conf["interval"] - (time.monotonic() - started)
+            if stop:
+                stop.wait(max(1.0, left))
+            else:
+                time.sleep(max(1.0, left))
+
+
+def _host_addresses():
+    """The host's addresses now (salt.utils.network directly: the loader's __salt__ is not
+    safe to use from this thread while the engine's own loop uses it)."""
+    import salt.utils.network
+    return list(salt.utils.network.ip_addrs()) + list(salt.utils.network.ip_addrs6())
 
 
 class Watcher:
@@ -101,10 +164,31 @@ class Watcher:
         return rep
 
 
+_FIRE_LOCK = threading.Lock()
+
+
+def _fire_master(data, tag):
+    with _FIRE_LOCK:
+        return __salt__["event.fire_master"](data, tag)  # noqa: F821
+
+
 def start(log_file="/var/log/mail.log", interval=1.0, poll=0.1, thresholds=None, max_ips=500,
-          tag=TAG, state_file=None, **_ignored):
+          tag=TAG, state_file=None, dnsbl=None, **_ignored):
     ml = _maillog()
     host = __opts__["id"]  # noqa: F821
+    if dnsbl is not None:
+        try:
+            dw = DnsblWatcher(_maillog("mailfleet_dnsbl"), host, dnsbl, _host_addresses)
+            __salt__["event.fire_master"]  # noqa: F821  (loaded here, once, not in the thread)
+            # Salt's loader globals (__salt__, __opts__) are context variables: the thread
+            # runs in a copy of this context, or it would see none of them.
+            ctx = contextvars.copy_context()
+            threading.Thread(target=ctx.run, args=(dw.run, _fire_master), name="mailfleet_dnsbl",
+                             daemon=True).start()
+            log.info("mailfleet_watch: DNSBL checks of %s every %ss on %s", dw.ips(), dw.conf["interval"],
+                     ", ".join(z for z, _ in dw.conf["zones"]))
+        except Exception:  # pylint: disable=broad-except
+            log.exception("mailfleet_watch: DNSBL checks not started (pillar mailfleet:dnsbl)")
     if state_file is None:
         state_file = os.path.join(__opts__.get("cachedir", "/var/cache/salt/minion"), "mailfleet_watch.state")  # noqa: F821
     log_file = _ignored.get("log", log_file)
@@ -117,7 +201,7 @@ def start(log_file="/var/log/mail.log", interval=1.0, poll=0.1, thresholds=None,
             if w.due(mono):
                 rep = w.report(time.time(), mono)
                 if rep is not None:
-                    __salt__["event.fire_master"](rep, tag)  # noqa: F821
+                    _fire_master(rep, tag)
                     log.info("mailfleet_watch: reported %d offenders", len(rep["offenders"]))
         except Exception:  # pylint: disable=broad-except
             log.exception("mailfleet_watch: loop error")

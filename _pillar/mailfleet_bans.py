@@ -8,14 +8,24 @@ minion's authenticated, encrypted channel, and needs no peer-publish rights (a m
 the master's runners itself would need ``peer_run``, which any minion could then use).
 The ledger (see _runners/mailfleet_defense.py) is read-only here.
 
+The same ledger also holds each host's outbound mode (DNSBL listings, see
+_runners/mailfleet_reroute.py): pillar ``mailfleet_outbound`` = {"mode": normal|relay|hold,
+"relayhost", "peer", "queue_lifetime", "admit": [addresses this host relays for]}, rendered
+into main.cf by salt/mail/files/postfix-main.cf.jinja (state ``mail.dnsbl``).
+
 Master config::
 
     ext_pillar:
       - mailfleet_bans: {}
 """
+import importlib.util
+import logging
 import os
 import sqlite3
+import sys
 import time
+
+log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_bans"
 
@@ -29,7 +39,7 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
     now = time.time()
     out = {"active": {}, "revoked": [], "generated": now}
     if not os.path.exists(path):
-        return {"mailfleet_bans": out}
+        return {"mailfleet_bans": out, "mailfleet_outbound": {"mode": "normal", "admit": []}}
     memory = ((__opts__.get("mailfleet_defense") or {}).get("revoked_memory") or 7 * 86400)  # noqa: F821
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
@@ -38,6 +48,36 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
             out["active"][addr] = exp
         revoked = {r[0] for r in db.execute("SELECT address FROM bans WHERE revoked>=?", (now - memory,))}
         out["revoked"] = sorted(revoked - set(out["active"]))
+        outbound = _outbound(minion_id, db, now)
     finally:
         db.close()
-    return {"mailfleet_bans": out}
+    return {"mailfleet_bans": out, "mailfleet_outbound": outbound}
+
+
+# --- outbound mode (DNSBL) ----------------------------------------------------------------
+
+def _outbound_module():
+    """_runners/mailfleet_reroute.py (its pure ``outbound_pillar``), beside this file."""
+    if "mailfleet_reroute" in sys.modules and hasattr(sys.modules["mailfleet_reroute"], "outbound_pillar"):
+        return sys.modules["mailfleet_reroute"]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "_runners", "mailfleet_reroute.py")
+    spec = importlib.util.spec_from_file_location("mailfleet_reroute_pure", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _outbound(minion_id, db, now):
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbound'").fetchone():
+            return {"mode": "normal", "admit": []}
+        db.row_factory = sqlite3.Row
+        rows = [dict(r) for r in db.execute("SELECT * FROM outbound")]
+        mod = _outbound_module()
+        conf = dict(mod.DEFAULTS)
+        conf.update(__opts__.get("mailfleet_reroute") or {})  # noqa: F821
+        return mod.outbound_pillar(minion_id, rows, now, conf)
+    except Exception:  # pylint: disable=broad-except
+        # never "normal" by accident: a host's last rendered mode stays until this is fixed
+        log.exception("mailfleet_bans: outbound mode of %s", minion_id)
+        return {"error": "outbound mode unavailable (see the master log)"}

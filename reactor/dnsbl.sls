@@ -4,7 +4,7 @@
     Salt; the event's own "host" must match it and every IP must be one of that host's),
     decides (relay through a clean peer, hold, restore), records and alerts. #}
 mailfleet_dnsbl_transition:
-  runner.mailfleet_outbound.dnsbl:
+  runner.mailfleet_reroute.dnsbl:
     - args:
       - minion: {{ data.get("id") | tojson }}
       - payload: {{ data.get("data") | tojson }}

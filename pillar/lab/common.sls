@@ -12,3 +12,9 @@ mailfleet:
     # check that relaying and bad passwords are refused: that must not get it banned.
     # (The master's mailfleet_defense runner reads this allow-list from each host's pillar.)
     allow: [198.18.0.100]
+  dnsbl:
+    # The lab's own DNSBL zone on the lab BIND (lab/mflab/zones.py), asked through the hosts'
+    # resolver (198.18.0.2); a short interval so tests/lab/test_55_dnsbl.py sees changes fast.
+    zones: [dnsbl.lab.test]
+    interval: 3
+    timeout: 3

@@ -8,20 +8,25 @@
       max_ips: 500 (offenders per report; the rest waits for the next)
       thresholds: {relay: {count: 3, window: 600}, auth: {count: 10, window: 600}, ...}
                   (merged over mailfleet_maillog.DEFAULT_THRESHOLDS, checked there)
-      reconcile_every: 300, reconcile_splay: 60 (seconds) #}
+      reconcile_every: 300, reconcile_splay: 60 (seconds)
+    Pillar mailfleet:dnsbl (the engine's DNSBL thread, _modules/mailfleet_dnsbl.py):
+      zones (default Spamhaus ZEN, SpamCop, Barracuda), interval 300, timeout 5, resolvers,
+      ips, dqs_key; enabled: false turns the checks off. The file holds the DQS key: 0600. #}
 {%- from "mail/map.jinja" import mf with context %}
 {%- set d = salt["slsutil.merge"]({"log": "/var/log/mail.log", "interval": 1, "poll": 0.1,
                                    "max_ips": 500, "thresholds": {},
                                    "reconcile_every": 300, "reconcile_splay": 60},
                                   salt["pillar.get"]("mailfleet:defense", {}), strategy="recurse") %}
 {%- set conf_dir = salt["file.dirname"](opts["conf_file"]) ~ "/minion.d" %}
+{%- set dnsbl = salt["pillar.get"]("mailfleet:dnsbl", {}) %}
+{%- set dnsbl = {} if dnsbl is none else dnsbl %}
 include:
   - mail.firewall
 
 mailfleet-defense-engine-conf:
   file.managed:
     - name: {{ conf_dir }}/mailfleet-defense.conf
-    - mode: "0644"
+    - mode: "0600"
     - contents: |
         # Managed by mailfleet (salt/mail/defense.sls, pillar mailfleet:defense).
         engines:
@@ -31,6 +36,9 @@ mailfleet-defense-engine-conf:
               poll: {{ d.poll | float }}
               max_ips: {{ d.max_ips | int }}
               thresholds: {{ d.thresholds | tojson }}
+{%- if dnsbl.get("enabled", True) %}
+              dnsbl: {{ dnsbl | tojson }}
+{%- endif %}
 
 {#- The engine config is read at minion start. Restart it only when the file changed, and
     in the background after this run has returned (the documented pattern: cmd.run with

@@ -1,0 +1,555 @@
+"""
+A host's outbound mode, decided from its DNSBL listings (issue 6): the dnsbl reactor hands
+every ``mailfleet/dnsbl/transition`` event (mailfleet_watch engine on a mail host) to
+:func:`dnsbl`; this runner treats it as untrusted input, records it, decides and acts.
+
+1. ``check_event``: a bounded mapping whose ``host`` is the minion that sent it (the ``id``
+   Salt put on the event); each transition's address must be one of THAT host's addresses
+   (its ``ipv4``/``ipv6`` grains and ``mailfleet:dnsbl:ips`` in the master's minion data
+   cache), its zone a DNS name, its state listed/cleared/unknown. Anything else is refused.
+2. The ledger (the same sqlite file as the bans, ``mailfleet_ledger``): table
+   ``dnsbl_listings`` (one row per listing episode of an address on a zone: listed, cleared,
+   codes, reporter) and ``outbound`` (each host's mode: ``normal``, ``relay`` through a
+   peer, or ``hold``; the peer that admits it; since when; why).
+3. :func:`plan` (pure): a host with an open listing leaves outbound service. It relays through
+   a clean peer (a fleet mail host with no open listing, not opted out with
+   ``mailfleet:dnsbl:peer: false``, the one it already uses if still clean, else the least
+   loaded), or is held when there is none. A host with no open listing is normal. ``unknown``
+   changes nothing (a listed address stays out of service until it is seen cleared).
+4. Acting, in an order that never bounces mail: the peer admits the host (its mynetworks
+   gain the host's addresses: pillar ``mailfleet_outbound:admit``) BEFORE the host relays
+   through it; the host returns to direct delivery BEFORE the peer drops it. Each step is
+   recorded in the ledger first, then ``state.sls mail.dnsbl`` runs on that host: the
+   ``mailfleet_bans`` ext_pillar hands the ledger's mode to it, the Postfix template renders
+   it (relayhost / defer_transports + extended queue lifetime / mynetworks), postconf checks
+   it, Postfix reloads and the queue is flushed. The same state in every highstate and on a
+   schedule makes a host that was cut off catch up (level-triggered).
+5. Alerts through ``mailfleet_alert.send`` (webhook, mail, event; deduplicated and
+   rate-limited): ``dnsbl_listed``, ``dnsbl_cleared``, ``dnsbl_unknown``, ``outbound_failed``,
+   ``outbound_held`` (:func:`check`, from the master schedule: a host held over 24 h).
+
+Held mail is never bounced: ``defer_transports = smtp`` defers it, and while held (and for
+``grace`` after, while the backlog drains) ``maximal_queue_lifetime`` and
+``bounce_queue_lifetime`` are ``hold_lifetime`` (100 days, Postfix's ceiling for them).
+
+Master config (defaults)::
+
+    mailfleet_reroute:
+      hold_lifetime: 100d
+      grace: 172800          # seconds the extended lifetime stays after a hold ends
+      held_alert: 86400      # alert when a host is held longer than this
+      apply_timeout: 300     # seconds for state.sls mail.dnsbl on one host
+
+Runners (salt-run mailfleet_reroute.*): ``dnsbl`` (the reactor's), ``status`` (modes and open listings), ``set_mode``
+(postmaster override: ``salt-run mailfleet_reroute.set_mode mail01.lab.test normal``),
+``reconcile`` (apply the ledger's modes on every host), ``check`` (schedule).
+"""
+import ipaddress
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mailfleet_reroute"
+
+TAG_REFUSED = "mailfleet/outbound/refused"
+STATES = ("listed", "cleared", "unknown")
+MODES = ("normal", "relay", "hold")
+MAX_TRANSITIONS = 500
+MAX_EVENT_BYTES = 256 << 10
+ZONE_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
+DEFAULTS = {"hold_lifetime": "100d", "grace": 172800, "held_alert": 86400, "apply_timeout": 300,
+            "sls": "mail.dnsbl"}
+_LOCK = threading.Lock()  # reactor runners share a thread pool: one decision at a time
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class Refused(ValueError):
+    pass
+
+
+# --- pure: validation and planning ---------------------------------------------------------
+
+def norm_ip(text):
+    if not isinstance(text, str) or not 2 <= len(text) <= 64:
+        raise ValueError("not an address")
+    ip = ipaddress.ip_address(text.strip())
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def check_event(payload, sender, host_ips):
+    """(transitions, refused): the checked transitions of one event, or raise Refused.
+
+    ``host_ips``: the sending minion's own addresses as the master knows them."""
+    if not isinstance(sender, str) or not sender:
+        raise Refused("event without a sending minion id")
+    if not isinstance(payload, dict):
+        raise Refused("event data is not a mapping")
+    if len(json.dumps(payload, default=str)) > MAX_EVENT_BYTES:
+        raise Refused("event too large")
+    if payload.get("host") != sender:
+        raise Refused(f"event names host {payload.get('host')!r} but was sent by {sender!r}")
+    trans = payload.get("transitions")
+    if not isinstance(trans, list) or len(trans) > MAX_TRANSITIONS:
+        raise Refused("transitions must be a list of at most %d" % MAX_TRANSITIONS)
+    own = set()
+    for a in host_ips or []:
+        try:
+            own.add(norm_ip(a))
+        except ValueError:
+            pass
+    out, refused = [], []
+    for t in trans:
+        if not isinstance(t, dict):
+            refused.append((repr(t)[:80], "not a mapping"))
+            continue
+        try:
+            ip = norm_ip(t.get("ip"))
+        except ValueError:
+            refused.append((repr(t.get("ip"))[:80], "not an address"))
+            continue
+        if ip not in own:
+            refused.append((ip, f"not an address of {sender}"))
+            continue
+        zone = t.get("zone")
+        if not isinstance(zone, str) or not ZONE_RE.match(zone.strip(".").lower()):
+            refused.append((ip, f"bad zone {str(zone)[:80]!r}"))
+            continue
+        state = t.get("state")
+        if state not in STATES:
+            refused.append((ip, f"bad state {str(state)[:20]!r}"))
+            continue
+        codes = [str(c)[:20] for c in (t.get("codes") or [])[:10]] if isinstance(t.get("codes"), list) else []
+        out.append({"ip": ip, "zone": zone.strip(".").lower(), "state": state, "codes": codes,
+                    "why": str(t.get("why") or "")[:200], "initial": bool(t.get("initial"))})
+    return out, refused
+
+
+def plan(fleet, listed, current):
+    """Desired {host: (mode, peer)} for every fleet host.
+
+    ``fleet``: {host: {"peer_ok": bool}} (mail hosts the master knows); ``listed``: hosts
+    with an open listing; ``current``: {host: (mode, peer)} from the ledger."""
+    clean = sorted(h for h, info in fleet.items() if h not in listed and info.get("peer_ok", True))
+    load = {p: 0 for p in clean}
+    desired = {}
+    for h in sorted(fleet):
+        if h not in listed:
+            desired[h] = ("normal", None)
+    for h in sorted(h for h in fleet if h in listed):
+        peers = [p for p in clean if p != h]
+        mode, peer = current.get(h, ("normal", None))
+        if mode == "relay" and peer in peers:
+            choice = peer  # stable: keep a peer that is still clean
+        elif peers:
+            choice = min(peers, key=lambda p: (load[p], p))
+        else:
+            choice = None
+        if choice:
+            load[choice] += 1
+            desired[h] = ("relay", choice)
+        else:
+            desired[h] = ("hold", None)
+    return desired
+
+
+def steps(desired, current):
+    """The ordered actions turning ``current`` into ``desired``: [(action, host, peer)].
+
+    ``admit`` (the peer admits the host: apply on the peer) comes before ``relay``;
+    ``normal``/``hold``/``relay`` on the host come before ``unadmit`` of its old peer."""
+    first, then, last = [], [], []
+    for h, (mode, peer) in sorted(desired.items()):
+        cmode, cpeer = current.get(h, ("normal", None))
+        if (mode, peer) == (cmode, cpeer):
+            continue
+        if mode == "relay":
+            first.append(("admit", h, peer))
+        then.append((mode, h, peer))
+        if cmode == "relay" and cpeer and cpeer != peer:
+            last.append(("unadmit", h, cpeer))
+    return first + then + last
+
+
+def relayhost(ip):
+    addr = ipaddress.ip_address(ip)
+    return f"[{addr}]:25" if addr.version == 4 else f"[ipv6:{addr}]:25"
+
+
+def admit_entry(ip):
+    addr = ipaddress.ip_address(ip)
+    return f"{addr}/32" if addr.version == 4 else f"[{addr}]/128"
+
+
+def outbound_pillar(minion_id, rows, now, conf):
+    """Pillar ``mailfleet_outbound`` of one minion from the ledger's ``outbound`` rows (dicts).
+    Shared by the ext_pillar (_pillar/mailfleet_bans.py) and :func:`status`."""
+    own = next((r for r in rows if r["host"] == minion_id), None)
+    out = {"mode": "normal", "admit": []}
+    if own:
+        out["mode"] = own["mode"]
+        out["since"] = own["since"]
+        out["reason"] = own["reason"]
+        if own["mode"] == "relay" and own["relayhost"]:
+            out["relayhost"] = own["relayhost"]
+            out["peer"] = own["peer"]
+        ended = own.get("hold_ended")
+        if own["mode"] == "hold" or (ended and now - ended < float(conf["grace"])):
+            out["queue_lifetime"] = conf["hold_lifetime"]
+    admit = set()
+    for r in rows:
+        if r.get("admit_peer") == minion_id and r["host"] != minion_id:
+            for ip in json.loads(r.get("ips") or "[]"):
+                admit.add(admit_entry(ip))
+    out["admit"] = sorted(admit)
+    return out
+
+
+# --- the ledger's tables -------------------------------------------------------------------
+
+class Store:
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS dnsbl_listings (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, ip TEXT NOT NULL,
+        zone TEXT NOT NULL, codes TEXT NOT NULL, why TEXT NOT NULL, listed REAL NOT NULL,
+        cleared REAL, reporter TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS dnsbl_open ON dnsbl_listings(host, ip, zone, cleared);
+    CREATE TABLE IF NOT EXISTS outbound (
+        host TEXT PRIMARY KEY, mode TEXT NOT NULL, peer TEXT, relayhost TEXT, admit_peer TEXT,
+        ips TEXT, since REAL NOT NULL, reason TEXT NOT NULL, updated REAL NOT NULL,
+        held_since REAL, hold_ended REAL);
+    CREATE TABLE IF NOT EXISTS outbound_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, time REAL NOT NULL,
+        action TEXT NOT NULL, peer TEXT, reason TEXT NOT NULL, result TEXT);
+    """
+
+    def __init__(self, path):
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(self.SCHEMA)
+        try:
+            os.chmod(path, 0o600)
+        except OSError:  # pragma: no cover
+            pass
+
+    def close(self):
+        self.db.close()
+
+    def record(self, host, t, now):
+        """Apply one checked transition to the listings; True when it changed anything."""
+        open_row = self.db.execute("SELECT id FROM dnsbl_listings WHERE host=? AND ip=? AND zone=?"
+                                   " AND cleared IS NULL", (host, t["ip"], t["zone"])).fetchone()
+        if t["state"] == "listed" and not open_row:
+            self.db.execute("INSERT INTO dnsbl_listings(host, ip, zone, codes, why, listed, reporter)"
+                            " VALUES (?,?,?,?,?,?,?)", (host, t["ip"], t["zone"], json.dumps(t["codes"]),
+                                                         t["why"], now, host))
+            return True
+        if t["state"] == "cleared" and open_row:
+            self.db.execute("UPDATE dnsbl_listings SET cleared=? WHERE id=?", (now, open_row["id"]))
+            return True
+        return False
+
+    def listed_hosts(self):
+        return {r[0] for r in self.db.execute("SELECT DISTINCT host FROM dnsbl_listings WHERE cleared IS NULL")}
+
+    def open_listings(self):
+        return [dict(r) for r in self.db.execute("SELECT * FROM dnsbl_listings WHERE cleared IS NULL ORDER BY id")]
+
+    def rows(self):
+        return [dict(r) for r in self.db.execute("SELECT * FROM outbound ORDER BY host")]
+
+    def current(self):
+        return {r["host"]: (r["mode"], r["peer"]) for r in self.rows()}
+
+    def set_admit(self, host, peer, ips, now, reason):
+        self._ensure(host, now, reason)
+        self.db.execute("UPDATE outbound SET admit_peer=?, ips=?, updated=? WHERE host=?",
+                        (peer, json.dumps(sorted(ips)), now, host))
+
+    def set_mode(self, host, mode, peer, relay, now, reason):
+        row = self._ensure(host, now, reason)
+        held_since = row["held_since"]
+        hold_ended = row["hold_ended"]
+        if mode == "hold" and row["mode"] != "hold":
+            held_since = now
+        if mode != "hold" and row["mode"] == "hold":
+            hold_ended, held_since = now, None
+        self.db.execute("UPDATE outbound SET mode=?, peer=?, relayhost=?, since=?, reason=?, updated=?,"
+                        " held_since=?, hold_ended=? WHERE host=?",
+                        (mode, peer, relay, now if (mode, peer) != (row["mode"], row["peer"]) else row["since"],
+                         reason, now, held_since, hold_ended, host))
+
+    def _ensure(self, host, now, reason):
+        self.db.execute("INSERT OR IGNORE INTO outbound(host, mode, since, reason, updated)"
+                        " VALUES (?, 'normal', ?, ?, ?)", (host, now, reason, now))
+        return self.db.execute("SELECT * FROM outbound WHERE host=?", (host,)).fetchone()
+
+    def history(self, host, action, peer, reason, result, now):
+        self.db.execute("INSERT INTO outbound_history(host, time, action, peer, reason, result)"
+                        " VALUES (?,?,?,?,?,?)", (host, now, action, peer, reason, result))
+
+
+# --- Salt glue -----------------------------------------------------------------------------
+
+def _conf():
+    conf = dict(DEFAULTS)
+    conf.update(__opts__.get("mailfleet_reroute") or {})  # noqa: F821
+    return conf
+
+
+def _ledger_path():
+    opts = __opts__  # noqa: F821
+    return opts.get("mailfleet_ledger") or os.path.join(opts["cachedir"], "mailfleet", "ledger.sqlite")
+
+
+def _cache():
+    import salt.cache
+    return salt.cache.Cache(__opts__)  # noqa: F821
+
+
+def _fleet_data():
+    """{minion: (grains, pillar)} of the mail hosts in the master's minion data cache."""
+    cache = _cache()
+    out = {}
+    for mid in set(cache.list("grains") or []) | set(cache.list("pillar") or []):
+        pillar = cache.fetch("pillar", mid) or {}
+        if isinstance(pillar.get("mailfleet"), dict):
+            out[mid] = (cache.fetch("grains", mid) or {}, pillar)
+    return out
+
+
+def host_addresses(grains, pillar):
+    ips = list((((pillar or {}).get("mailfleet") or {}).get("dnsbl") or {}).get("ips") or [])
+    ips += list((grains or {}).get("ipv4") or []) + list((grains or {}).get("ipv6") or [])
+    out = []
+    for a in ips:
+        try:
+            ip = ipaddress.ip_address(norm_ip(str(a)))
+        except ValueError:
+            continue
+        if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified) and str(ip) not in out:
+            out.append(str(ip))
+    return out
+
+
+def peer_address(grains, pillar):
+    """Where a relaying host sends: ``mailfleet:dnsbl:relay_address``, else the peer's
+    ``fqdn_ip4``, else its first global IPv4 address."""
+    conf = (((pillar or {}).get("mailfleet") or {}).get("dnsbl") or {})
+    if conf.get("relay_address"):
+        return norm_ip(str(conf["relay_address"]))
+    for a in list((grains or {}).get("fqdn_ip4") or []) + host_addresses(grains, {}):
+        try:
+            ip = ipaddress.ip_address(a)
+        except ValueError:
+            continue
+        if ip.version == 4 and not ip.is_loopback:
+            return str(ip)
+    return None
+
+
+def _client():
+    import salt.client
+    return salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+
+
+def _apply(host, conf):
+    """state.sls mail.dnsbl on one host, waited for: (ok, summary)."""
+    try:
+        ret = _client().cmd([host], "state.sls", arg=[conf["sls"]], kwarg={"queue": True},
+                            tgt_type="list", timeout=int(conf["apply_timeout"]))
+    except Exception as exc:  # pylint: disable=broad-except
+        return False, f"{type(exc).__name__}: {exc}"[:300]
+    res = ret.get(host)
+    if not isinstance(res, dict):
+        return False, f"no answer or error: {str(res)[:300]}"
+    bad = [v.get("comment", "")[:200] for v in res.values() if isinstance(v, dict) and v.get("result") is False]
+    return (not bad), ("; ".join(bad) if bad else f"{len(res)} states ok")
+
+
+def _alert(kind, subject, message, details=None, severity="warning"):
+    try:
+        return __salt__["mailfleet_alert.send"](kind, subject, message, details=details, severity=severity)  # noqa: F821
+    except Exception:  # pylint: disable=broad-except
+        log.exception("mailfleet_reroute: alert %s/%s failed", kind, subject)
+        return None
+
+
+def _fire(tag, data):
+    import salt.utils.event
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as ev:  # noqa: F821
+        ev.fire_event(data, tag)
+
+
+def _converge(store, fleet, conf, reason, now):
+    """Plan from the ledger and act step by step; returns the steps with their results."""
+    fleet_info = {h: {"peer_ok": (((p.get("mailfleet") or {}).get("dnsbl") or {}).get("peer", True) is not False)
+                      and peer_address(g, p) is not None}
+                  for h, (g, p) in fleet.items()}
+    current = store.current()
+    desired = plan(fleet_info, store.listed_hosts(), current)
+    done = []
+    failed_peers = set()
+    for action, host, peer in steps(desired, current):
+        g, p = fleet[host]
+        if action == "admit":
+            store.set_admit(host, peer, host_addresses(g, p), now, reason)
+            ok, summary = _apply(peer, conf)
+            if not ok:
+                failed_peers.add(peer)
+                store.set_admit(host, None, [], now, reason)
+        elif action == "relay":
+            if peer in failed_peers:
+                action, peer = "hold", None
+                store.set_mode(host, "hold", None, None, now, f"{reason}; peer refused: {summary}")
+            else:
+                store.set_mode(host, "relay", peer, relayhost(peer_address(*fleet[peer])), now, reason)
+            ok, summary = _apply(host, conf)
+        elif action in ("normal", "hold"):
+            store.set_mode(host, action, None, None, now, reason)
+            ok, summary = _apply(host, conf)
+        else:  # unadmit: the host no longer relays through that peer
+            row = {r["host"]: r for r in store.rows()}.get(host) or {}
+            if row.get("admit_peer") == peer and not (row.get("mode") == "relay" and row.get("peer") == peer):
+                store.set_admit(host, None, [], now, reason)
+            ok, summary = _apply(peer, conf)
+        store.history(host, action, peer, reason, summary if ok else f"FAILED: {summary}", now)
+        done.append({"action": action, "host": host, "peer": peer, "ok": ok, "result": summary})
+        if not ok:
+            _alert("outbound_failed", f"{host} {action}",
+                   f"mailfleet could not apply outbound step {action} (host {host}, peer {peer}): {summary}",
+                   {"host": host, "action": action, "peer": peer}, "critical")
+    return done
+
+
+def dnsbl(minion=None, payload=None):
+    """Decide on one DNSBL transition event (the dnsbl reactor calls this with the raw event)."""
+    conf = _conf()
+    now = time.time()
+    fleet = _fleet_data()
+    g, p = fleet.get(minion, ({}, {})) if isinstance(minion, str) else ({}, {})
+    try:
+        if isinstance(minion, str) and minion not in fleet:
+            raise Refused(f"{minion!r} is not a known mail host")
+        trans, refused = check_event(payload, minion, host_addresses(g, p))
+    except Refused as exc:
+        log.warning("mailfleet_reroute: refused DNSBL event from %r: %s", minion, exc)
+        _fire(TAG_REFUSED, {"minion": minion, "why": str(exc)})
+        return {"refused": str(exc)}
+    log.info("mailfleet_reroute: DNSBL event from %s: %d transitions, %d refused", minion, len(trans), len(refused))
+    for item, why in refused:
+        log.warning("mailfleet_reroute: DNSBL transition from %s refused: %s: %s", minion, item, why)
+    with _LOCK:
+        store = Store(_ledger_path())
+        try:
+            changed = []
+            store.db.execute("BEGIN IMMEDIATE")
+            try:
+                for t in trans:
+                    if store.record(minion, t, now):
+                        changed.append(t)
+                store.db.execute("COMMIT")
+            except BaseException:
+                store.db.execute("ROLLBACK")
+                raise
+            reason = "; ".join(f"{t['ip']} {t['state']} on {t['zone']}" for t in changed) or "DNSBL event"
+            done = _converge(store, fleet, conf, reason, now) if changed else []
+            mode = store.current().get(minion, ("normal", None))
+        finally:
+            store.close()
+    for t in changed:
+        where = {"relay": f"outbound now relays through {mode[1]}", "hold": "outbound mail is held (deferred, not bounced)",
+                 "normal": "outbound delivery is direct"}[mode[0]]
+        _alert(f"dnsbl_{t['state']}", f"{minion} {t['ip']} {t['zone']}",
+               f"{t['ip']} of {minion} {t['state']} on {t['zone']} ({', '.join(t['codes']) or 'no code'}: {t['why']}); {where}",
+               {"host": minion, "ip": t["ip"], "zone": t["zone"], "codes": t["codes"], "mode": mode[0], "peer": mode[1],
+                "steps": done}, "critical" if t["state"] == "listed" else "info")
+    for t in trans:
+        if t["state"] == "unknown":
+            _alert("dnsbl_unknown", f"{minion} {t['zone']}",
+                   f"DNSBL {t['zone']} gives no usable answer for {t['ip']} of {minion}: {t['why']}",
+                   {"host": minion, "ip": t["ip"], "zone": t["zone"]}, "info")
+    return {"changed": changed, "steps": done, "mode": {"mode": mode[0], "peer": mode[1]},
+            "refused": [list(r) for r in refused]}
+
+
+def status():
+    """The ledger's view: every host's outbound mode (and its pillar), open listings."""
+    conf = _conf()
+    store = Store(_ledger_path())
+    try:
+        rows, listings = store.rows(), store.open_listings()
+    finally:
+        store.close()
+    now = time.time()
+    fmt = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None  # noqa: E731
+    for r in listings:
+        r["listed"], r["codes"] = fmt(r["listed"]), json.loads(r["codes"])
+    hosts = {r["host"]: dict(outbound_pillar(r["host"], rows, now, conf), held_since=fmt(r["held_since"]),
+                             since=fmt(r["since"])) for r in rows}
+    return {"hosts": hosts, "listings": listings}
+
+
+def set_mode(host, mode="normal"):
+    """Postmaster override for one host (e.g. back to ``normal`` after a listing was handled
+    out of band): closes its open listings when set to normal, then converges."""
+    if mode not in ("normal",):
+        raise ValueError("set_mode takes mode=normal (listed hosts are moved by their listings)")
+    conf = _conf()
+    now = time.time()
+    fleet = _fleet_data()
+    if host not in fleet:
+        raise ValueError(f"{host!r} is not a known mail host")
+    with _LOCK:
+        store = Store(_ledger_path())
+        try:
+            store.db.execute("UPDATE dnsbl_listings SET cleared=? WHERE host=? AND cleared IS NULL", (now, host))
+            done = _converge(store, fleet, conf, "postmaster: set_mode normal", now)
+        finally:
+            store.close()
+    return {"steps": done}
+
+
+def reconcile():
+    """Converge the ledger's plan and apply mail.dnsbl on every host whose mode is not normal."""
+    conf = _conf()
+    now = time.time()
+    fleet = _fleet_data()
+    with _LOCK:
+        store = Store(_ledger_path())
+        try:
+            done = _converge(store, fleet, conf, "reconcile", now)
+        finally:
+            store.close()
+    return {"steps": done}
+
+
+def check():
+    """Master schedule: alert for every host held longer than ``held_alert`` seconds."""
+    conf = _conf()
+    now = time.time()
+    store = Store(_ledger_path())
+    try:
+        rows = store.rows()
+    finally:
+        store.close()
+    held = [r for r in rows if r["mode"] == "hold" and r["held_since"] and now - r["held_since"] > float(conf["held_alert"])]
+    for r in held:
+        hours = (now - r["held_since"]) / 3600
+        _alert("outbound_held", r["host"], f"outbound mail of {r['host']} held for {hours:.0f} h ({r['reason']}); "
+               "the queue lifetime is extended, nothing bounces, but it is not delivered",
+               {"host": r["host"], "held_hours": round(hours, 1)}, "critical")
+    return {"held": [r["host"] for r in held]}
