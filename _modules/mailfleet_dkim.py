@@ -454,7 +454,9 @@ def next_step(state, now, facts=None, settings=None):
 
 
 def _taken(state):
-    return [e["selector"] for e in state["selectors"]]
+    """Every selector name this domain has used, current and forgotten: a name is never
+    reused with another key (resolvers and verifiers cache the old record for its TTL)."""
+    return [e["selector"] for e in state["selectors"]] + list(state.get("retired") or [])
 
 
 def _next_at(state, cfg):
@@ -521,6 +523,9 @@ def advance(state, action, now, facts=None, public=None):
         entry["status"], entry["since"], entry["published_at"] = "removed", t, t
     elif act == "forget":
         new["selectors"].remove(entry)
+        retired = new.setdefault("retired", [])
+        if name not in retired:
+            retired.append(name)
     return new
 
 

@@ -151,6 +151,68 @@ def _domains(tgt, tgt_type, only=None):
     return sorted(domains)
 
 
+def _domain_data(tgt, tgt_type, only=None):
+    """{domain: pillar data} of the domains served by the targeted minions."""
+    mod = _load_runner("mailfleet_dns")
+    mod.__opts__ = __opts__
+    domains, _ = mod.fleet_data(tgt, tgt_type, only)
+    return domains
+
+
+SETTING_KEYS = ("keep_old_days", "revoked_days", "rotate_days", "settle_seconds",
+                "republish_seconds", "prefix")
+
+
+def rotation_settings(master=None, domain=None, override=None):
+    """
+    The rotation settings of a domain: the module's defaults < master config
+    ``mailfleet_dkim_rotation`` < the domain's pillar ``mailfleet:domains:<domain>:dkim``
+    < the runner's arguments. Unknown keys and non-numeric periods are errors naming
+    where they came from.
+    """
+    out = {}
+    for where, layer in (("mailfleet_dkim_rotation (master config)", master),
+                         ("mailfleet:domains:<domain>:dkim", domain),
+                         ("arguments", override)):
+        if layer is None:
+            continue
+        if not isinstance(layer, dict):
+            raise dkim.DkimError(f"{where}: must be a mapping")
+        for key, value in layer.items():
+            if key not in SETTING_KEYS:
+                raise dkim.DkimError(f"{where}: unknown setting {key!r} "
+                                     f"(known: {', '.join(SETTING_KEYS)})")
+            if value is None:
+                continue
+            if key != "prefix" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                    or value < 0):
+                raise dkim.DkimError(f"{where}:{key}: {value!r} is not a number >= 0")
+            out[key] = value
+    return out
+
+
+def _push(hosts):
+    """``state.apply mail.rspamd`` on the hosts that serve the domain; raises unless every
+    one of them answered and applied it without a failed state."""
+    import salt.client
+
+    if not hosts:
+        return
+    with salt.client.LocalClient(mopts=__opts__) as client:
+        ret = client.cmd(list(hosts), "state.apply", ["mail.rspamd"], tgt_type="list",
+                         kwarg={"queue": True}, timeout=300)
+    problems = []
+    for host in hosts:
+        res = (ret or {}).get(host)
+        if not isinstance(res, dict):
+            problems.append(f"{host}: {res if res is not None else 'no answer'}")
+            continue
+        problems += [f"{host}: {st.get('__id__', sid)}: {st.get('comment')}"
+                     for sid, st in res.items() if isinstance(st, dict) and st.get("result") is False]
+    if problems:
+        raise dkim.DkimError("installing the signing key failed: " + "; ".join(problems))
+
+
 def _load_runner(name):
     here = Path(__file__).resolve().parent / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_mailfleet_runner_mod_{name}", here)
@@ -159,15 +221,41 @@ def _load_runner(name):
     return mod
 
 
-def drive(base, domain, now, publish, facts_of, settings=None, max_steps=MAX_STEPS):
+def _unpushed(state):
+    """The signing entry when its key is not yet confirmed installed on the hosts."""
+    for entry in state["selectors"]:
+        if entry["status"] == "signing" and entry.get("pushed") is False:
+            return entry
+    return None
+
+
+def drive(base, domain, now, publish, facts_of, settings=None, max_steps=MAX_STEPS, push=None):
     """
     Run a domain's rotation until nothing more is possible now. ``publish()`` publishes
     DNS for the whole fleet, ``facts_of(state)`` looks the selectors up. Returns the list
     of actions taken and the final state. Each state is saved after its effects succeeded.
+
+    ``push()`` (optional) installs the signing key on the serving hosts (``state.apply
+    mail.rspamd``) and raises when a host did not take it. With it, a switch of signing is
+    pushed at once and the selector marked ``pushed`` only when that succeeded; until then
+    (an interrupted run, a host down) nothing else happens and the next run pushes again,
+    so the old selector is never revoked while a host may still sign with it.
     """
     state = load_state(base, domain)
     taken = []
     for _ in range(max_steps):
+        pending = _unpushed(state) if push is not None else None
+        if pending:
+            push()
+            new = json.loads(json.dumps(state))
+            for e in new["selectors"]:
+                if e["selector"] == pending["selector"]:
+                    e["pushed"] = True
+            save_state(base, domain, new)
+            state = new
+            taken.append({"action": "push", "selector": pending["selector"], "effects": [],
+                          "why": "signing key installed on the serving hosts"})
+            continue
         facts = facts_of(state)
         action = dkim.next_step(state, now(), facts, settings)
         if action["action"] in ("none", "wait"):
@@ -188,6 +276,13 @@ def drive(base, domain, now, publish, facts_of, settings=None, max_steps=MAX_STE
             except Exception:
                 save_state(base, domain, state)
                 raise
+        if action["action"] == "switch_signing" and push is not None and \
+                dkim.signing_selector(state):
+            # A rotation: the hosts sign with the old selector until they get the new key.
+            # (A domain's first key has nothing to protect; the next highstate installs it.)
+            for e in new["selectors"]:
+                if e["selector"] == action["selector"]:
+                    e["pushed"] = False
         if "delete_key" in action["effects"] and action["selector"]:
             try:
                 os.unlink(dkim.key_path(base, domain, action["selector"]))
@@ -204,7 +299,8 @@ def drive(base, domain, now, publish, facts_of, settings=None, max_steps=MAX_STE
 # ---------------------------------------------------------------------------------------
 
 
-def ensure(tgt="*mail*", tgt_type="glob", domains=None, rotate=False, wait=10):
+def ensure(tgt="*mail*", tgt_type="glob", domains=None, rotate=False, wait=10, push=True,
+           keep_old_days=None, revoked_days=None, settle_seconds=None):
     """
     Every domain served by the targeted minions gets a signing key whose record DNS shows.
 
@@ -215,6 +311,15 @@ def ensure(tgt="*mail*", tgt_type="glob", domains=None, rotate=False, wait=10):
     wait
         Seconds to wait for a just-published record to show in DNS before giving up for
         this run (the next run resumes).
+    push
+        ``True`` (default): when signing switches to a new selector, install it on the
+        domain's hosts at once (``state.apply mail.rspamd``); the old selector is revoked
+        only after that succeeded. ``False``: leave it to the next highstate (and nothing
+        is revoked until a later run with push has confirmed it).
+    keep_old_days, revoked_days, settle_seconds
+        Override the rotation periods for this run (fractions allowed: the lab uses
+        seconds). Otherwise from master config ``mailfleet_dkim_rotation`` and the domain's
+        pillar ``mailfleet:domains:<domain>:dkim`` (defaults: 7 days kept, 7 days revoked).
 
     CLI Example:
 
@@ -226,9 +331,20 @@ def ensure(tgt="*mail*", tgt_type="glob", domains=None, rotate=False, wait=10):
     base = _dir()
     os.makedirs(base, mode=0o700, exist_ok=True)
     os.chmod(base, 0o700)
-    domains = _domains(tgt, tgt_type, domains)
+    data = _domain_data(tgt, tgt_type, domains)
+    domains = sorted(data)
+    override = {k: v for k, v in (("keep_old_days", keep_old_days), ("revoked_days", revoked_days),
+                                  ("settle_seconds", settle_seconds)) if v is not None}
     out, failed = {}, False
     for name in domains:
+        try:
+            settings = rotation_settings(__opts__.get("mailfleet_dkim_rotation"),
+                                         (data[name] or {}).get("dkim"), override)
+        except dkim.DkimError as err:
+            failed = True
+            out[name] = {"error": str(err)}
+            continue
+        hosts = list((data[name] or {}).get("hosts") or [])
         if rotate:
             save_state(base, name, dkim.request_rotation(load_state(base, name)))
 
@@ -243,7 +359,9 @@ def ensure(tgt="*mail*", tgt_type="glob", domains=None, rotate=False, wait=10):
             return facts
 
         try:
-            taken, state = drive(base, name, time.time, lambda: _publish(tgt, tgt_type, name), facts_of)
+            taken, state = drive(base, name, time.time, lambda: _publish(tgt, tgt_type, name),
+                                 facts_of, settings=settings,
+                                 push=(lambda: _push(hosts)) if push else None)
             out[name] = {"signing": dkim.signing_selector(state),
                          "steps": [f"{a['action']} {a['selector'] or ''}: {a['why']}".strip()
                                    for a in taken]}
