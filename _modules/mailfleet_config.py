@@ -82,6 +82,19 @@ def problems(cfg):
     limit = host.get("message_size_limit")
     if not isinstance(limit, int) or limit < 1024:
         out.append(f"mailfleet:host:message_size_limit: {limit!r} must be a byte count >= 1024")
+    rspamd = cfg.get("rspamd") or {}
+    if rspamd:
+        # reject/quarantine would refuse or hold every message while rspamd is down.
+        if rspamd.get("milter_default_action") not in ("accept", "tempfail"):
+            out.append(f"mailfleet:rspamd:milter_default_action: "
+                       f"{rspamd.get('milter_default_action')!r} must be accept or tempfail "
+                       f"(mail is never refused because rspamd is down)")
+        for key in ("milter_port", "controller_port"):
+            if not _port(rspamd.get(key)):
+                out.append(f"mailfleet:rspamd:{key}: {rspamd.get(key)!r} is not a port (1-65535)")
+        for action, score in (rspamd.get("actions") or {}).items():
+            if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+                out.append(f"mailfleet:rspamd:actions:{action}: {score!r} must be a score or null")
     return out
 
 

@@ -119,12 +119,15 @@ mailfleet-rspamd-dkim-key-{{ domain }}:
       - service: mailfleet-rspamd
 {%- endfor %}
 
+{#- No require on mailfleet-rspamd-dkim-dir (the same folder): clean would keep everything
+    under a required folder. Definition order runs it after that state. #}
 mailfleet-rspamd-dkim-clean:
   file.directory:
     - name: {{ L.rspamd_dkim_dir }}
+    - user: root
+    - group: {{ L.rspamd_group }}
+    - mode: "0750"
     - clean: True
-    - require:
-      - file: mailfleet-rspamd-dkim-dir
     - watch_in:
       - service: mailfleet-rspamd
 

@@ -27,6 +27,9 @@ def valid():
                "sync_user": "mailfleet_sync", "sync_password": "c"},
         "vmail": {"user": "vmail", "uid": 5000, "gid": 5000},
         "firewall": {"ban_timeout": 600},
+        "rspamd": {"milter": True, "milter_port": 11332, "controller_port": 11334,
+                   "milter_default_action": "accept",
+                   "actions": {"reject": 15, "add_header": 6, "greylist": None}},
     }
 
 
@@ -87,6 +90,10 @@ def test_valid_settings_have_no_problems():
     ("host:postscreen", "yes", "mailfleet:host:postscreen"),
     ("host:mynetworks_extra", ["10.0.0.0"], "mailfleet:host:mynetworks_extra:0"),
     ("host:message_size_limit", "50M", "mailfleet:host:message_size_limit"),
+    # rspamd: mail is never refused because rspamd is down
+    ("rspamd:milter_default_action", "reject", "mailfleet:rspamd:milter_default_action"),
+    ("rspamd:milter_port", 0, "mailfleet:rspamd:milter_port"),
+    ("rspamd:actions", {"reject": "high"}, "mailfleet:rspamd:actions:reject"),
 ])
 def test_each_bad_setting_names_its_pillar_key(path, value, key):
     problems = mailfleet_config.problems(with_(path, value))

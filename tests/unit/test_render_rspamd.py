@@ -49,7 +49,11 @@ def test_key_files_are_root_rspamd_0640_and_come_from_pillar_at_run_time(good):
     assert "BEGIN PRIVATE KEY" not in json.dumps(high)   # never in the state's arguments
     folder = _by_id(chunks, "mailfleet-rspamd-dkim-dir")
     assert (folder["group"], folder["mode"]) == ("_rspamd", "0750")
-    assert _by_id(chunks, "mailfleet-rspamd-dkim-clean")["clean"] is True
+    clean = _by_id(chunks, "mailfleet-rspamd-dkim-clean")
+    assert clean["clean"] is True
+    # requiring the folder's own state would make clean keep everything in it
+    assert {"file": "mailfleet-rspamd-dkim-dir"} not in clean.get("require", [])
+    assert {"file": "mailfleet-rspamd-dkim-clean"} in key["require_in"]
 
 
 def test_maps_name_every_signed_domain_and_nothing_else(good):
