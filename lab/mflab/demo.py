@@ -81,10 +81,54 @@ def _salt(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _salt_run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "salt-run"), "-c", str(SALT_DIR), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def publish_records() -> bool:
+    """The lab zones hold no records for the mail domains: mailfleet makes their DKIM keys
+    and publishes MX, SPF, DKIM, DMARC ... (RFC 2136 from the master) before mail flows."""
+    domains = "domains=" + ",".join(config.MAIL_DOMAINS)
+    print(f"\n== salt-run mailfleet_dkim.ensure {domains}")
+    ensure = _salt_run("--out=json", "mailfleet_dkim.ensure", domains)
+    try:
+        ret = json.loads(ensure.stdout)
+    except ValueError:
+        print(ensure.stdout[-3000:], ensure.stderr[-2000:])
+        return False
+    for domain in config.MAIL_DOMAINS:
+        info = ret.get(domain) or {}
+        print(f"  {domain}: signing with selector {info.get('signing') or 'NONE: ' + str(info.get('error'))}")
+    print(f"\n== salt-run mailfleet_dns.publish {domains}")
+    pub = _salt_run("--out=json", "mailfleet_dns.publish", domains)
+    try:
+        changes = json.loads(pub.stdout).get("changes") or {}
+    except ValueError:
+        print(pub.stdout[-3000:], pub.stderr[-2000:])
+        return False
+    for domain, lines in sorted(changes.items()):
+        print(f"  {domain}: " + ("; ".join(lines) if lines else "already as desired"))
+    return ensure.returncode == 0 and pub.returncode == 0
+
+
+def verify_records() -> bool:
+    domains = "domains=" + ",".join(config.MAIL_DOMAINS)
+    print(f"\n== salt-run mailfleet_dns.verify {domains}")
+    ver = _salt_run("mailfleet_dns.verify", domains)
+    for line in ver.stdout.splitlines():  # the table and its summary, not the raw return
+        print(line)
+        if "problem(s)" in line:
+            break
+    return ver.returncode == 0
+
+
 def mail_demo() -> int:
     """Converge the mail hosts, send alice a message from outside, read it back, run the ritual."""
     import time
     import uuid
+    if not publish_records():
+        return 1
     print("\n== salt '*mail*' state.apply")
     t0 = time.monotonic()
     out = _salt("--out=json", "--static", "-t", "900", "*mail*", "state.apply", "queue=True")
@@ -104,6 +148,7 @@ def mail_demo() -> int:
         if failed:
             return 1
     print(f"  converged in {time.monotonic() - t0:.0f}s")
+    records_ok = verify_records()
 
     subject = f"demo-{uuid.uuid4().hex[:8]}"
     print(f"\n== outside -> alice@example-a.test on mail01:25, subject {subject}")
@@ -131,7 +176,7 @@ def mail_demo() -> int:
             break
     print("\n".join(table))
     ritual_ok = check.returncode == 0 and "FAIL" not in check.stdout
-    return 0 if found == "1" and sent.returncode == 0 and ritual_ok else 1
+    return 0 if found == "1" and sent.returncode == 0 and ritual_ok and records_ok else 1
 
 
 def webmail_urls() -> None:

@@ -29,11 +29,10 @@ def reverse_zone(fleet: list[Host]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mail_domain_zone(domain: str, host: Host) -> str:
-    """Seed records for a lab mail domain (mailfleet publishes its own from issue 5 on)."""
-    lines = _soa(domain)
-    lines += [f"@ IN MX 10 {host.fqdn}.", f"@ IN A {host.ip}"]
-    return "\n".join(lines) + "\n"
+def mail_domain_zone(domain: str) -> str:
+    """A lab mail domain's zone as the lab creates it: SOA and NS only. Its MX, SPF, DKIM,
+    DMARC ... are published by mailfleet (`salt-run mailfleet_dns.publish`, RFC 2136)."""
+    return "\n".join(_soa(domain)) + "\n"
 
 
 def dnsbl_zone() -> str:
@@ -50,7 +49,7 @@ def zones(fleet: list[Host]) -> dict[str, str]:
            DNSBL_ZONE: dnsbl_zone()}
     for domain, hostname in config.MAIL_DOMAINS.items():
         if hostname in by_name:
-            out[domain] = mail_domain_zone(domain, by_name[hostname])
+            out[domain] = mail_domain_zone(domain)
     return out
 
 

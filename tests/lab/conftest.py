@@ -90,8 +90,11 @@ def state_changes(ret) -> list[str]:
 
 @pytest.fixture(scope="session")
 def converged(lab):
-    """Every mail host converged once with `salt '*mail*' state.apply` (the postmaster's command)."""
+    """Every mail host converged once with `salt '*mail*' state.apply` (the postmaster's command),
+    after the mail domains' DKIM keys and DNS records are published (`_publish_lab_domains`): the
+    lab seeds no MX/SPF/DKIM/DMARC, so mail between hosts needs them before any test sends."""
     import time
+    _publish_lab_domains()
     t0 = time.monotonic()
     ret = lab.salt("*mail*", "state.apply", timeout=900)
     seconds = time.monotonic() - t0
@@ -125,6 +128,16 @@ def _wait_minion_restarts(lab, ret, timeout: float = 90) -> None:
 
 
 LAB_MAIL_DOMAINS = ",".join(config.MAIL_DOMAINS)
+
+
+def _publish_lab_domains() -> None:
+    """What a postmaster runs before the first highstate of a new domain: DKIM keys made and
+    their records published and seen in DNS (`mailfleet_dkim.ensure`), then every record of
+    the domains (`mailfleet_dns.publish`). The highstate then installs the signing keys."""
+    code, ret, out = salt_run("mailfleet_dkim.ensure", f"domains={LAB_MAIL_DOMAINS}")
+    assert code == 0 and ret and all(ret[d].get("signing") for d in config.MAIL_DOMAINS), out[-3000:]
+    code, ret, out = salt_run("mailfleet_dns.publish", f"domains={LAB_MAIL_DOMAINS}")
+    assert code == 0 and ret and not ret["errors"], out[-3000:]
 
 
 def salt_run(*args: str, timeout: float = 300) -> tuple[int, dict | None, str]:
