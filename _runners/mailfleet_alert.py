@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_alert"
 
-DEFAULTS = {"webhook": None, "mail": {}, "period": 60, "burst": 1, "kind_burst": 10, "timeout": 5}
+DEFAULTS = {"webhook": None, "mail": {}, "period": 60, "burst": 1, "kind_burst": 10, "timeout": 5,
+            "mail_timeout": 30}  # postscreen delays the greeting by up to 6 s
 SEVERITIES = ("info", "warning", "critical")
 MAX_FIELD = 200
 
@@ -67,7 +68,7 @@ def settings(conf=None, extra=None):
             if k not in out:
                 raise ValueError(f"unknown mailfleet_alert setting {k!r}")
             out[k] = dict(v or {}) if k == "mail" else v
-    for k in ("period", "burst", "kind_burst", "timeout"):
+    for k in ("period", "burst", "kind_burst", "timeout", "mail_timeout"):
         v = out[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ValueError(f"mailfleet_alert:{k}: {v!r} is not a positive number")
@@ -149,11 +150,11 @@ class Throttle:
         self.db.execute("DELETE FROM alerts WHERE created<?", (before,))
 
 
-def build(kind, subject, message, details, severity, now, suppressed, origin):
+def build(kind, subject, message, details, severity, now, suppressed, origin, ident=None):
     """The alert document (the webhook's JSON body, the event's data, the mail's source)."""
     if severity not in SEVERITIES:
         severity = "warning"
-    return {"kind": clip(kind, 64), "subject": clip(subject), "severity": severity,
+    return {"id": ident or f"{int(now)}", "kind": clip(kind, 64), "subject": clip(subject), "severity": severity,
             "message": clip(message, 2000), "details": details if isinstance(details, dict) else {},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             "suppressed": suppressed, "origin": origin}
@@ -165,6 +166,7 @@ def mail_message(doc, mail):
     msg["To"] = mail["to"]
     msg["Subject"] = clip(f"[mailfleet {doc['severity']}] {doc['kind']}: {doc['subject']}", 180).replace("\n", " ")
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
+    msg["X-Mailfleet-Alert"] = f"{doc['kind']} {doc['id']}"  # the same id as in the webhook's JSON
     body = [doc["message"], ""]
     if doc["suppressed"]:
         body.append(f"({doc['suppressed']} similar alert(s) held back since the last one)")
@@ -241,7 +243,8 @@ def send(kind, subject, message, details=None, severity="warning"):
         if not go:
             log.info("mailfleet_alert: %s/%s held back (rate limit)", kind, subject)
             return {"suppressed": True, "kind": kind, "subject": subject}
-        doc = build(kind, subject, message, details, severity, now, held, __opts__.get("id"))  # noqa: F821
+        doc = build(kind, subject, message, details, severity, now, held, __opts__.get("id"),  # noqa: F821
+                    f"{int(now)}-{row}")
         channels = {}
         try:
             _fire(f"mailfleet/alert/{kind}", doc)
@@ -255,7 +258,7 @@ def send(kind, subject, message, details=None, severity="warning"):
                 channels["webhook"] = f"failed: {clip(exc)}"
         if conf["mail"].get("to"):
             try:
-                channels["mail"] = send_mail(doc, conf["mail"], conf["timeout"], __opts__.get("id") or "localhost")  # noqa: F821
+                channels["mail"] = send_mail(doc, conf["mail"], conf["mail_timeout"], __opts__.get("id") or "localhost")  # noqa: F821
             except Exception as exc:  # pylint: disable=broad-except
                 channels["mail"] = f"failed: {clip(exc)}"
         th.record_channels(row, channels)

@@ -172,11 +172,12 @@ def test_send_reaches_webhook_mail_and_event_once_per_minute(servers, tmp_path, 
     assert len(Hook.got) == 1
     ctype, doc = Hook.got[0]
     assert ctype == "application/json"
-    assert (doc["kind"], doc["subject"], doc["details"]) == ("dnsbl", "mail01.lab.test 198.18.0.11", {"zone": "dnsbl.lab.test"})
+    assert doc["id"] and (doc["kind"], doc["subject"], doc["details"]) == ("dnsbl", "mail01.lab.test 198.18.0.11", {"zone": "dnsbl.lab.test"})
     (rcpt, text), = Smtp.got
     assert rcpt == ["postmaster@example.test"] and Smtp.helo == "master.lab.test"
     assert "Subject: [mailfleet warning] dnsbl: mail01.lab.test 198.18.0.11" in text
     assert "Auto-Submitted: auto-generated" in text
+    assert f"X-Mailfleet-Alert: dnsbl {doc['id']}" in text
     rows = al.recent()
     assert [r["sent"] for r in rows] == [1, 0]
 
