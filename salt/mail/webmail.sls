@@ -7,25 +7,57 @@
 {%- set L = mf.lookup %}
 {%- set web = mf.get("webmail") or {} %}
 {%- set pfa = mf.get("postfixadmin") or {} %}
-{%- set php_pool_dir = L.get("php_fpm_pool_dir", "/etc/php/8.2/fpm/pool.d") %}
-{%- set php_service = L.get("php_fpm_service", "php8.2-fpm") %}
-{%- set php_check = L.get("php_fpm_check", "php-fpm8.2 -t") %}
-{%- set php_run = L.get("php_fpm_run_dir", "/run/php") %}
-{%- set web_user = L.get("nginx_user", "www-data") %}
+{#- Paths and names: Debian's packages (run in the lab); FreeBSD's ports (rendered, not run).
+    Any of them can be overridden in mailfleet:lookup. #}
+{%- if L.os == "FreeBSD" %}
+{%-   set dflt = {"php_fpm_pool_dir": "/usr/local/etc/php-fpm.d", "php_fpm_service": "php_fpm",
+                  "php_fpm_check": "php-fpm -t", "php_fpm_run_dir": "/var/run/php-fpm", "nginx_user": "www",
+                  "roundcube_public": "/usr/local/www/roundcube",
+                  "roundcube_packages": ["roundcube-php83", "php83-mysqli", "php83-pdo_mysql"],
+                  "roundcube_schema": "/usr/local/www/roundcube/SQL/mysql.initial.sql",
+                  "roundcube_config": "/usr/local/www/roundcube/config/config.inc.php",
+                  "roundcube_temp": "/usr/local/www/roundcube/temp",
+                  "postfixadmin_public": "/usr/local/www/postfixadmin/public",
+                  "postfixadmin_packages": ["postfixadmin-php83", "php83-mysqli"],
+                  "postfixadmin_etc": "/usr/local/www/postfixadmin",
+                  "postfixadmin_templates_c": "/usr/local/www/postfixadmin/templates_c",
+                  "doveadm": "/usr/local/bin/doveadm", "nologin": "/usr/sbin/nologin",
+                  "reload_nginx": "service nginx reload"} %}
+{%- else %}
+{%-   set dflt = {"php_fpm_pool_dir": "/etc/php/8.2/fpm/pool.d", "php_fpm_service": "php8.2-fpm",
+                  "php_fpm_check": "php-fpm8.2 -t", "php_fpm_run_dir": "/run/php", "nginx_user": "www-data",
+                  "roundcube_public": "/var/lib/roundcube/public_html",
+                  "roundcube_packages": ["roundcube-core", "roundcube-mysql", "php-fpm", "php-mysql"],
+                  "roundcube_schema": "/usr/share/roundcube/SQL/mysql.initial.sql",
+                  "roundcube_config": "/etc/roundcube/config.inc.php",
+                  "roundcube_temp": "/var/lib/roundcube/temp",
+                  "postfixadmin_public": "/usr/share/postfixadmin/public",
+                  "postfixadmin_packages": ["postfixadmin", "php-fpm", "php-mysql"],
+                  "postfixadmin_etc": "/etc/postfixadmin",
+                  "postfixadmin_templates_c": "/var/cache/postfixadmin/templates_c",
+                  "doveadm": "/usr/bin/doveadm", "nologin": "/usr/sbin/nologin",
+                  "reload_nginx": "systemctl reload nginx"} %}
+{%- endif %}
+{%- set W = salt["slsutil.merge"](dflt, L, strategy="recurse") %}
+{%- set php_pool_dir = W.php_fpm_pool_dir %}
+{%- set php_service = W.php_fpm_service %}
+{%- set php_check = W.php_fpm_check %}
+{%- set php_run = W.php_fpm_run_dir %}
+{%- set web_user = W.nginx_user %}
 {%- set snippets = L.nginx_site.rsplit("/", 2)[0] ~ "/mailfleet-tls.d" %}
 {%- set state_dir = "/var/lib/mailfleet-webmail" %}
 {%- set apps = {
       "roundcube": {
         "on": web.get("enabled") is sameas true,
         "user": "mf-roundcube",
-        "root": L.get("roundcube_public", "/var/lib/roundcube/public_html"),
-        "packages": L.get("roundcube_packages", ["roundcube-core", "roundcube-mysql", "php-fpm", "php-mysql"]),
+        "root": W.roundcube_public,
+        "packages": W.roundcube_packages,
         "max_children": 6, "upload_max": "25M"},
       "postfixadmin": {
         "on": pfa.get("enabled") is sameas true,
         "user": "mf-postfixadmin",
-        "root": L.get("postfixadmin_public", "/usr/share/postfixadmin/public"),
-        "packages": L.get("postfixadmin_packages", ["postfixadmin", "php-fpm", "php-mysql"]),
+        "root": W.postfixadmin_public,
+        "packages": W.postfixadmin_packages,
         "max_children": 3, "upload_max": "2M"},
     } %}
 {%- set any_on = apps.roundcube.on or apps.postfixadmin.on %}
@@ -70,7 +102,7 @@ mailfleet-{{ app }}-user:
     - system: True
     - home: {{ state_dir }}
     - createhome: False
-    - shell: /usr/sbin/nologin
+    - shell: {{ W.nologin }}
     - usergroup: True
 
 mailfleet-{{ app }}-sessions:
@@ -122,7 +154,7 @@ mailfleet-{{ app }}-nginx-absent:
       - service: mailfleet-webmail-nginx-reload
 {%-     else %}
   cmd.run:
-    - name: nginx -t -q && (systemctl reload nginx || service nginx reload)
+    - name: nginx -t -q && {{ W.reload_nginx }}
     - onchanges:
       - file: mailfleet-{{ app }}-nginx-absent
 {%-     endif %}
@@ -136,7 +168,7 @@ mailfleet-{{ app }}-nginx-absent:
 mailfleet-roundcube-database:
   mailfleet_db.database:
     - name: {{ rc_db }}
-    - schema: {{ L.get("roundcube_schema", "/usr/share/roundcube/SQL/mysql.initial.sql") }}
+    - schema: {{ W.roundcube_schema }}
     - require:
       - service: mailfleet-mariadb
       - pkg: mailfleet-webmail-packages
@@ -152,7 +184,7 @@ mailfleet-roundcube-db-user:
 
 mailfleet-roundcube-config:
   file.managed:
-    - name: {{ L.get("roundcube_config", "/etc/roundcube/config.inc.php") }}
+    - name: {{ W.roundcube_config }}
     - source: salt://mail/files/roundcube-config.inc.php.jinja
     - template: jinja
     - context:
@@ -160,7 +192,7 @@ mailfleet-roundcube-config:
         web: {{ web | json }}
         db_user: {{ rc_user }}
         db_name: {{ rc_db }}
-        temp_dir: {{ L.get("roundcube_temp", "/var/lib/roundcube/temp") }}
+        temp_dir: {{ W.roundcube_temp }}
         upload_max: {{ apps.roundcube.upload_max }}
     - user: root
     - group: {{ apps.roundcube.user }}
@@ -175,7 +207,7 @@ mailfleet-roundcube-config:
 
 mailfleet-roundcube-temp:
   file.directory:
-    - name: {{ L.get("roundcube_temp", "/var/lib/roundcube/temp") }}
+    - name: {{ W.roundcube_temp }}
     - user: {{ apps.roundcube.user }}
     - group: {{ apps.roundcube.user }}
     - mode: "0750"
@@ -201,13 +233,14 @@ mailfleet-postfixadmin-db-user:
                         ("config.local.php", "postfixadmin-config.local.php.jinja")] %}
 mailfleet-postfixadmin-{{ name }}:
   file.managed:
-    - name: {{ L.get("postfixadmin_etc", "/etc/postfixadmin") }}/{{ name }}
+    - name: {{ W.postfixadmin_etc }}/{{ name }}
     - source: salt://mail/files/{{ src }}
     - template: jinja
     - context:
         mf: {{ mf | json }}
         pfa: {{ pfa | json }}
         db_user: {{ pfa_db_user }}
+        doveadm: {{ W.doveadm }}
     - user: root
     - group: {{ apps.postfixadmin.user }}
     - mode: "0640"
@@ -221,7 +254,7 @@ mailfleet-postfixadmin-{{ name }}:
 
 mailfleet-postfixadmin-templates-cache:
   file.directory:
-    - name: {{ L.get("postfixadmin_templates_c", "/var/cache/postfixadmin/templates_c") }}
+    - name: {{ W.postfixadmin_templates_c }}
     - user: {{ apps.postfixadmin.user }}
     - group: root
     - mode: "0700"
