@@ -83,11 +83,15 @@ mailfleet-webmail-state-dir:
   file.directory:
     - name: {{ state_dir }}
     - mode: "0755"
+    - require:
+      - mailfleet_webmail: mailfleet-webmail-settings-valid
 
 mailfleet-nginx-tls-snippets:
   file.directory:
     - name: {{ snippets }}
     - mode: "0755"
+    - require:
+      - mailfleet_webmail: mailfleet-webmail-settings-valid
 {%- endif %}
 
 {%- for app, a in apps.items() %}
@@ -104,6 +108,8 @@ mailfleet-{{ app }}-user:
     - createhome: False
     - shell: {{ W.nologin }}
     - usergroup: True
+    - require:
+      - mailfleet_webmail: mailfleet-webmail-settings-valid
 
 mailfleet-{{ app }}-sessions:
   file.directory:

@@ -176,6 +176,23 @@ def test_postfixadmin_admin_logs_in_and_sees_the_pillar_domains(browser):
     for domain in PILLAR_DOMAINS:
         assert domain in page, f"{domain} missing from PostfixAdmin's domain list"
     assert "example-b.test" not in page  # served by mail02 only
+    browser.get(f"https://{NAME}/postfixadmin/list-virtual.php?domain=example-a.test")
+    virtual = wait(browser, EC.presence_of_element_located((By.TAG_NAME, "body"))).text
+    assert "alice@example-a.test" in virtual and "info@example-a.test" in virtual  # pillar's rows
+
+
+def test_each_application_runs_as_its_own_user_and_reads_only_its_own_secrets(lab, webmail):
+    pools = lab.run(HOST, "sh", "-c", "grep -h '^user = ' /etc/php/8.2/fpm/pool.d/mailfleet-*.conf").stdout
+    assert sorted(pools.split("\n")[:-1]) == ["user = mf-postfixadmin", "user = mf-roundcube"]
+    for path, owner in (("/etc/roundcube/config.inc.php", "mf-roundcube"),
+                        ("/etc/postfixadmin/config.local.php", "mf-postfixadmin"),
+                        ("/etc/postfixadmin/dbconfig.inc.php", "mf-postfixadmin")):
+        assert lab.run(HOST, "stat", "-c", "%U:%G %a", path).stdout.split() == [f"root:{owner}", "640"]
+    for user, other in (("mf-roundcube", "/etc/postfixadmin/config.local.php"),
+                        ("mf-postfixadmin", "/etc/roundcube/config.inc.php"),
+                        ("www-data", "/etc/roundcube/config.inc.php")):
+        assert lab.run(HOST, "setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
+                       "cat", other, check=False).returncode != 0, f"{user} reads {other}"
 
 
 def test_postfixadmin_alias_delivers_and_survives_state_apply(lab, browser):
