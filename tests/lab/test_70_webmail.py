@@ -135,9 +135,12 @@ def test_roundcube_alice_reads_bobs_mail_and_her_reply_reaches_bob(lab, browser)
     wait(browser, lambda d: "_action=compose" not in d.current_url, timeout=60)
 
     # Sent through mail01's submission port as alice (her own login), delivered to bob.
-    assert wait_for_mail(lab, "bob@example-b.test", f"Re: {subject}"), "bob never got alice's reply"
-    log = lab.run(HOST, "grep", "-F", "sasl_username=alice@example-a.test", "/var/log/mail.log").stdout
-    assert "postfix/submission" in log
+    replies = wait_for_mail(lab, "bob@example-b.test", f"Re: {subject}")
+    assert len(replies) == 1, "bob never got alice's reply"
+    reply = lab.run("mail02", "cat", replies[0]).stdout
+    assert f"Thanks Bob, reply to {subject}." in reply and "\nIn-Reply-To: " in reply
+    # Submitted by Roundcube on mail01 itself, authenticated (ESMTPSA) as alice.
+    assert "by mail01.lab.test (Postfix) with ESMTPSA" in reply
 
 
 def https_get(ip: str, path: str) -> tuple[int, list[str]]:
