@@ -11,7 +11,8 @@
     Any of them can be overridden in mailfleet:lookup. #}
 {%- if L.os == "FreeBSD" %}
 {%-   set dflt = {"php_fpm_pool_dir": "/usr/local/etc/php-fpm.d", "php_fpm_service": "php_fpm",
-                  "php_fpm_check": "php-fpm -t", "php_fpm_run_dir": "/var/run/php-fpm", "nginx_user": "www",
+                  "php_fpm_check": "php-fpm -t", "php_fpm_bin": "php-fpm", "php_bin": "php",
+                  "php_fpm_run_dir": "/var/run/php-fpm", "nginx_user": "www",
                   "roundcube_public": "/usr/local/www/roundcube",
                   "roundcube_packages": ["roundcube-php83", "php83-mysqli", "php83-pdo_mysql"],
                   "roundcube_schema": "/usr/local/www/roundcube/SQL/mysql.initial.sql",
@@ -25,7 +26,8 @@
                   "reload_nginx": "service nginx reload"} %}
 {%- else %}
 {%-   set dflt = {"php_fpm_pool_dir": "/etc/php/8.2/fpm/pool.d", "php_fpm_service": "php8.2-fpm",
-                  "php_fpm_check": "php-fpm8.2 -t", "php_fpm_run_dir": "/run/php", "nginx_user": "www-data",
+                  "php_fpm_check": "php-fpm8.2 -t", "php_fpm_bin": "php-fpm8.2", "php_bin": "php8.2",
+                  "php_fpm_run_dir": "/run/php", "nginx_user": "www-data",
                   "roundcube_public": "/var/lib/roundcube/public_html",
                   "roundcube_packages": ["roundcube-core", "roundcube-mysql", "php-fpm", "php-mysql"],
                   "roundcube_schema": "/usr/share/roundcube/SQL/mysql.initial.sql",
@@ -92,6 +94,29 @@ mailfleet-nginx-tls-snippets:
     - mode: "0755"
     - require:
       - mailfleet_webmail: mailfleet-webmail-settings-valid
+
+{#- Every candidate file is checked before it replaces the live one: nginx locations with
+    `nginx -t` on a copy of the configuration (mailfleet-nginx-check, shared with mail.mtasts),
+    php-fpm pools with `php-fpm -t` on a configuration holding only the candidate pool, PHP
+    config files with `php -l`. #}
+mailfleet-webmail-check-scripts:
+  file.managed:
+    - names:
+      - {{ L.sbin }}/mailfleet-nginx-check:
+        - source: salt://mail/files/mailfleet-nginx-check.sh
+      - {{ L.sbin }}/mailfleet-php-fpm-check:
+        - contents: |
+            #!/bin/sh
+            # Managed by mailfleet (mail.webmail). mailfleet-php-fpm-check CANDIDATE_POOL
+            # `php-fpm -t` of a configuration holding only the candidate pool file.
+            set -u
+            d=$(mktemp -d /tmp/mailfleet-php-fpm-check.XXXXXX) || exit 2
+            trap 'rm -rf "$d"' EXIT
+            printf '[global]\nerror_log = %s/log\npid = %s/pid\ninclude = %s\n' "$d" "$d" "$1" > "$d/fpm.conf"
+            {{ W.php_fpm_bin }} -t -y "$d/fpm.conf"
+    - mode: "0755"
+    - require:
+      - mailfleet_webmail: mailfleet-webmail-settings-valid
 {%- endif %}
 
 {%- for app, a in apps.items() %}
@@ -135,9 +160,11 @@ mailfleet-{{ app }}-pool:
         max_children: {{ a.max_children }}
         upload_max: {{ a.upload_max }}
     - mode: "0644"
+    - check_cmd: {{ L.sbin }}/mailfleet-php-fpm-check
     - require:
       - pkg: mailfleet-webmail-packages
       - user: mailfleet-{{ app }}-user
+      - file: mailfleet-webmail-check-scripts
     - require_in:
       - cmd: mailfleet-php-fpm-config-ok
     - watch_in:
@@ -204,6 +231,7 @@ mailfleet-roundcube-config:
     - group: {{ apps.roundcube.user }}
     - mode: "0640"
     - show_changes: False
+    - check_cmd: {{ W.php_bin }} -l
     - require:
       - pkg: mailfleet-webmail-packages
       - user: mailfleet-roundcube-user
@@ -251,6 +279,7 @@ mailfleet-postfixadmin-{{ name }}:
     - group: {{ apps.postfixadmin.user }}
     - mode: "0640"
     - show_changes: False
+    - check_cmd: {{ W.php_bin }} -l
     - require:
       - pkg: mailfleet-webmail-packages
       - user: mailfleet-postfixadmin-user
@@ -311,7 +340,9 @@ mailfleet-{{ app }}-nginx:
         allow: {{ (pfa.get("allow") or []) | json }}
         setup_open: {{ pfa.get("setup_open") is sameas true }}
     - mode: "0644"
+    - check_cmd: {{ L.sbin }}/mailfleet-nginx-check {{ L.get("nginx_main_conf") or "/etc/nginx/nginx.conf" }} {{ snippets }}/{{ app }}.conf
     - require:
+      - file: mailfleet-webmail-check-scripts
       - file: mailfleet-nginx-tls-snippets
       - file: mailfleet-nginx-tls-site
       - service: mailfleet-php-fpm
