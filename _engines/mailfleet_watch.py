@@ -87,18 +87,33 @@ class DnsblWatcher:
         self.addresses = addresses  # callable: candidate addresses of this host, now
         self.lookup = lookup or bl.make_lookup(self.conf["resolvers"], self.conf["timeout"])
         self.tracker = bl.Tracker()
+        self.refreshed = time.monotonic()
 
     def ips(self):
         return self.bl.sending_ips(self.conf["ips"] or self.addresses())
 
-    def round(self):
-        """The event to fire for this round, or None when nothing changed."""
+    def round(self, mono=None):
+        """The event to fire for this round, or None when nothing changed.
+
+        Every ``refresh`` seconds the event also restates every known listed/clear verdict
+        (``refresh: true``), so a transition the master missed (event lost, master down) is
+        caught up: the master records them idempotently and acts only on a difference."""
+        mono = time.monotonic() if mono is None else mono
         ips = self.ips()
         res = self.bl.check_round(ips, self.conf["zones"], self.lookup, self.conf["dqs_key"])
         trans = self.tracker.update(res["verdicts"])
+        refresh = mono - self.refreshed >= self.conf["refresh"]
+        if refresh:
+            self.refreshed = mono
+            seen = {(t["ip"], t["zone"]) for t in trans}
+            for (ip, zone), state in sorted(self.tracker.last.items()):
+                if (ip, zone) not in seen and state in ("listed", "clear"):
+                    v = res["verdicts"][(ip, zone)]
+                    trans.append({"ip": ip, "zone": zone, "state": self.bl.TRANSITION[state], "previous": state,
+                                  "codes": list(v["codes"]), "why": v["why"], "initial": False, "refresh": True})
         if not trans:
             return None
-        return {"host": self.host, "ips": ips, "zones": res["zones"], "transitions": trans}
+        return {"host": self.host, "ips": ips, "zones": res["zones"], "transitions": trans, "refresh": refresh}
 
     def run(self, fire, stop=None):
         while not (stop and stop.is_set()):
@@ -167,13 +182,29 @@ class Watcher:
 _FIRE_LOCK = threading.Lock()
 
 
+def _start_certwatch(host, certs):
+    """Certificate thread (_modules/mailfleet_certwatch.py): days left on disk and what 25/587/993
+    serve, mailfleet/cert/problem on changes (and every ``repeat`` while a problem lasts)."""
+    try:
+        cw = _maillog("mailfleet_certwatch")
+        conf = cw.settings(certs, host)
+        __salt__["event.fire_master"]  # noqa: F821  (loaded here, once, not in the thread)
+        ctx = contextvars.copy_context()
+        threading.Thread(target=ctx.run, args=(cw.Watcher(host, conf).run, _fire_master),
+                         name="mailfleet_certwatch", daemon=True).start()
+        log.info("mailfleet_watch: certificates %s checked every %ss (threshold %s days, ports %s)",
+                 conf["lineages"], conf["interval"], conf["threshold_days"], sorted(conf["ports"]))
+    except Exception:  # pylint: disable=broad-except
+        log.exception("mailfleet_watch: certificate checks not started (pillar mailfleet:defense:cert_*)")
+
+
 def _fire_master(data, tag):
     with _FIRE_LOCK:
         return __salt__["event.fire_master"](data, tag)  # noqa: F821
 
 
 def start(log_file="/var/log/mail.log", interval=1.0, poll=0.1, thresholds=None, max_ips=500,
-          tag=TAG, state_file=None, dnsbl=None, **_ignored):
+          tag=TAG, state_file=None, dnsbl=None, certs=None, **_ignored):
     ml = _maillog()
     host = __opts__["id"]  # noqa: F821
     if dnsbl is not None:
@@ -189,6 +220,8 @@ def start(log_file="/var/log/mail.log", interval=1.0, poll=0.1, thresholds=None,
                      ", ".join(z for z, _ in dw.conf["zones"]))
         except Exception:  # pylint: disable=broad-except
             log.exception("mailfleet_watch: DNSBL checks not started (pillar mailfleet:dnsbl)")
+    if certs is not None:
+        _start_certwatch(host, certs)
     if state_file is None:
         state_file = os.path.join(__opts__.get("cachedir", "/var/cache/salt/minion"), "mailfleet_watch.state")  # noqa: F821
     log_file = _ignored.get("log", log_file)

@@ -32,6 +32,7 @@ Pillar ``mailfleet:dnsbl`` (salt/mail/defense.sls passes it to the engine)::
            # an entry may be {zone: name, codes: {"127.0.0.2": "meaning", ...}}
     dqs_key: ""        # Spamhaus Data Query Service key (host pillar; never logged)
     interval: 300      # seconds between rounds
+    refresh: 3600      # seconds between events restating every verdict (catch-up)
     timeout: 5         # seconds per query
     resolvers: []      # nameserver addresses; default the host's /etc/resolv.conf
     ips: []            # sending addresses; default the host's global ipv4/ipv6 grains
@@ -312,7 +313,7 @@ def settings(conf):
     """Checked settings from pillar ``mailfleet:dnsbl`` (errors name the key)."""
     conf = dict(conf or {})
     out = {"zones": zone_specs(conf.get("zones")), "dqs_key": conf.get("dqs_key") or None}
-    for key, default in (("interval", 300), ("timeout", 5)):
+    for key, default in (("interval", 300), ("timeout", 5), ("refresh", 3600)):
         val = conf.get(key, default)
         if isinstance(val, bool) or not isinstance(val, (int, float)) or val <= 0:
             raise ValueError(f"mailfleet:dnsbl:{key}: {val!r} is not a positive number")

@@ -21,14 +21,15 @@ every ``mailfleet/dnsbl/transition`` event (mailfleet_watch engine on a mail hos
    through it; the host returns to direct delivery BEFORE the peer drops it. Each step is
    recorded in the ledger first, then ``state.sls mail.dnsbl`` runs on that host: the
    ``mailfleet_bans`` ext_pillar hands the ledger's mode to it, the Postfix template renders
-   it (relayhost / defer_transports + extended queue lifetime / mynetworks), postconf checks
+   it (relayhost / retry transport + extended queue lifetime / mynetworks), postconf checks
    it, Postfix reloads and the queue is flushed. The same state in every highstate and on a
    schedule makes a host that was cut off catch up (level-triggered).
 5. Alerts through ``mailfleet_alert.send`` (webhook, mail, event; deduplicated and
    rate-limited): ``dnsbl_listed``, ``dnsbl_cleared``, ``dnsbl_unknown``, ``outbound_failed``,
    ``outbound_held`` (:func:`check`, from the master schedule: a host held over 24 h).
 
-Held mail is never bounced: ``defer_transports = smtp`` defers it, and while held (and for
+Held mail is never bounced: ``default_transport = retry:4.7.1 ...`` defers it (a flush does
+not let it out, unlike ``defer_transports``), and while held (and for
 ``grace`` after, while the backlog drains) ``maximal_queue_lifetime`` and
 ``bounce_queue_lifetime`` are ``hold_lifetime`` (100 days, Postfix's ceiling for them).
 

@@ -18,3 +18,4 @@ mailfleet:
     zones: [dnsbl.lab.test]
     interval: 3
     timeout: 3
+    refresh: 30     # restate every verdict twice a minute (catch-up for a lost event)

@@ -3,7 +3,7 @@
     - The master decides (runner mailfleet_reroute) and records each host's mode in the
       ledger; the mailfleet_bans ext_pillar hands it over as pillar mailfleet_outbound and
       postfix-main.cf.jinja renders it (relayhost through a clean peer / hold with
-      defer_transports and an extended queue lifetime / mynetworks of a peer admitting a
+      the retry transport and an extended queue lifetime / mynetworks of a peer admitting a
       relaying host). This SLS is what the runner applies on a host; in the highstate and on
       a schedule it makes a host that missed a change catch up.
     - When main.cf changed, the queue is flushed after the reload: held mail leaves at once

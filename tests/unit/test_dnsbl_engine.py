@@ -72,3 +72,15 @@ def test_run_loop_fires_and_survives_errors():
     t.join(10)
     assert not t.is_alive()
     assert fired and fired[0][0] == "mailfleet/dnsbl/transition"
+
+
+def test_refresh_restates_known_verdicts_so_a_lost_event_is_caught_up():
+    zone = Zone()
+    zone.listed.add("11.0.18.198.dnsbl.lab.test.")
+    w = watch.DnsblWatcher(bl, HOST, dict(CONF, refresh=60), lambda: ["198.18.0.11"], zone)
+    t0 = w.refreshed
+    assert [t["state"] for t in w.round(t0 + 1)["transitions"]] == ["listed"]
+    assert w.round(t0 + 30) is None
+    ev = w.round(t0 + 61)                      # nothing changed, but a minute passed
+    assert ev["refresh"] and [(t["state"], t["refresh"]) for t in ev["transitions"]] == [("listed", True)]
+    assert w.round(t0 + 70) is None

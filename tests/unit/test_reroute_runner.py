@@ -182,10 +182,9 @@ def test_main_cf_block():
     assert render_block({"mailfleet_outbound": {"mode": "normal", "admit": []}}) == base
     assert render_block({"mailfleet_outbound": {"mode": "relay", "relayhost": "[198.18.0.12]:25", "admit": []}}) == \
         dict(base, relayhost="[198.18.0.12]:25")
-    held = render_block({"mailfleet_outbound": {"mode": "hold", "queue_lifetime": "100d", "admit": []}},
-                        main=dict(base, defer_transports="smtp foo"))
-    assert held == dict(base, defer_transports="smtp foo", maximal_queue_lifetime="100d", bounce_queue_lifetime="100d")
-    assert render_block({"mailfleet_outbound": {"mode": "hold", "admit": []}})["defer_transports"] == "smtp"
+    held = render_block({"mailfleet_outbound": {"mode": "hold", "queue_lifetime": "100d", "admit": []}})
+    assert held.pop("default_transport").startswith("retry:4.7.1 Outbound mail held by mailfleet")
+    assert held == dict(base, maximal_queue_lifetime="100d", bounce_queue_lifetime="100d")
     peer = render_block({"mailfleet_outbound": {"mode": "normal", "admit": ["198.18.0.11/32", "[2001:db8::11]/128"]}})
     assert peer["mynetworks"] == "127.0.0.0/8 [::1]/128 198.18.0.11/32 [2001:db8::11]/128"
     with pytest.raises(RuntimeError, match="pillar mailfleet_outbound: outbound mode unavailable"):
