@@ -69,13 +69,18 @@ def dkim_rcode(selector: str) -> str:
     return dns.rcode.to_text(ans.rcode())
 
 
-def send_and_read(lab, label: str) -> email.message.EmailMessage:
-    """alice -> bob through submission on mail01; the message as bob's IMAPS shows it."""
+def send_and_read(lab, label: str, local: bool = False) -> email.message.EmailMessage:
+    """alice -> bob through submission on mail01 (or, local=True, sendmail(1) on mail01:
+    local mail); the message as bob's IMAPS shows it."""
     subject = tag(label)
-    swaks(lab, "outside", "--server", "mail01.lab.test", "--port", "587", "--tls",
-          "--auth", "PLAIN", "--auth-user", SENDER, "--auth-password", PASSWORDS[SENDER],
-          "--from", SENDER, "--to", RCPT, "--header", f"Subject: {subject}",
-          "--body", f"DKIM lab check {subject}\n")
+    if local:
+        lab.run("mail01", "/usr/sbin/sendmail", "-f", SENDER, RCPT,
+                input=f"From: {SENDER}\nTo: {RCPT}\nSubject: {subject}\n\nlocal {subject}\n")
+    else:
+        swaks(lab, "outside", "--server", "mail01.lab.test", "--port", "587", "--tls",
+              "--auth", "PLAIN", "--auth-user", SENDER, "--auth-password", PASSWORDS[SENDER],
+              "--from", SENDER, "--to", RCPT, "--header", f"Subject: {subject}",
+              "--body", f"DKIM lab check {subject}\n")
     deadline = time.monotonic() + 90
     while True:
         proc = lab.run("outside", "python3", "-c", IMAP_RAW, "mail02.lab.test", RCPT,
@@ -122,10 +127,10 @@ def signing_selector() -> str:
     return signing[0]
 
 
-def assert_signed_and_verified(lab, label: str, selector: str):
+def assert_signed_and_verified(lab, label: str, selector: str, local: bool = False):
     """What a postmaster checks on one message: signed by mail01 with `selector`, mail02
     says dkim/spf/dmarc pass, and dkimpy verifies the signature against the lab DNS."""
-    msg, raw = send_and_read(lab, label)
+    msg, raw = send_and_read(lab, label, local)
     sig = signature_tags(msg)
     assert (sig["d"], sig["s"], sig["a"]) == (DOMAIN, selector, "rsa-sha256"), sig
     res = auth_results(msg)
@@ -167,6 +172,10 @@ def test_alice_to_bob_is_signed_and_passes_dkim_spf_dmarc(lab, converged, publis
     # mail01 reached mail02 through the MX mailfleet published (the lab seeds none)
     assert "by mail02.lab.test" in " ".join(str(h) for h in msg.get_all("Received"))
     assert lab_txt(f"{signing}._domainkey.{DOMAIN}.").startswith(b"v=DKIM1; k=rsa; p=MII")
+
+
+def test_local_mail_from_sendmail_is_signed_too(lab, converged, published, signing):
+    assert_signed_and_verified(lab, "dkim-local", signing, local=True)
 
 
 def test_rotation_with_short_intervals_verifies_at_every_step(lab, converged, published, signing):
@@ -231,3 +240,27 @@ def test_rotation_with_short_intervals_verifies_at_every_step(lab, converged, pu
     assert not (diff["missing"] or diff["wrong"] or diff["extra"]), out[-3000:]
     assert [e["name"] for e in diff["ok"] if "_domainkey" in e["name"]] == [
         f"{new}._domainkey.{DOMAIN}."]
+
+
+def _wait_milter(lab, host, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "127.0.0.1:11332" in lab.run(host, "ss", "-Hltn", "sport = :11332").stdout:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{host}: rspamd's milter is not listening after {timeout}s")
+
+
+def test_mail_flows_while_rspamd_is_down(lab, converged, published, signing):
+    """milter_default_action = accept: with rspamd stopped on mail01 (the signer) alice's
+    mail is accepted and delivered, unsigned, instead of refused or bounced; after the
+    restart it is signed again."""
+    lab.run("mail01", "systemctl", "stop", "rspamd")
+    try:
+        msg, _ = send_and_read(lab, "rspamd-down")
+        assert msg.get_all("DKIM-Signature") is None
+        assert auth_results(msg)["spf"]["result"] == "pass"
+    finally:
+        lab.run("mail01", "systemctl", "start", "rspamd")
+        _wait_milter(lab, "mail01")
+    assert_signed_and_verified(lab, "rspamd-back", signing_selector())
