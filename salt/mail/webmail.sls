@@ -2,7 +2,7 @@
     mailfleet:webmail:enabled, mailfleet:postfixadmin:enabled (see _modules/mailfleet_webmail.py).
     Both are location blocks inside the host's HTTPS server (mail.tls, ACME certificate), each
     on its own php-fpm pool running as its own user. An application switched off is removed
-    (its nginx locations, pool and config files; databases and packages stay). #}
+    (its nginx locations and php-fpm pool; config files, databases and packages stay). #}
 {%- from "mail/map.jinja" import mf with context %}
 {%- set L = mf.lookup %}
 {%- set web = mf.get("webmail") or {} %}
