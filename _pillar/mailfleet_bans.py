@@ -43,11 +43,13 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
     memory = ((__opts__.get("mailfleet_defense") or {}).get("revoked_memory") or 7 * 86400)  # noqa: F821
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
-        for addr, exp in db.execute("SELECT address, max(expires) FROM bans WHERE revoked IS NULL"
-                                    " AND not_before<=? AND expires>? GROUP BY address", (now, now)):
-            out["active"][addr] = exp
-        revoked = {r[0] for r in db.execute("SELECT address FROM bans WHERE revoked>=?", (now - memory,))}
-        out["revoked"] = sorted(revoked - set(out["active"]))
+        # (the file may exist without the bans table: the DNSBL runner's tables came first)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='bans'").fetchone():
+            for addr, exp in db.execute("SELECT address, max(expires) FROM bans WHERE revoked IS NULL"
+                                        " AND not_before<=? AND expires>? GROUP BY address", (now, now)):
+                out["active"][addr] = exp
+            revoked = {r[0] for r in db.execute("SELECT address FROM bans WHERE revoked>=?", (now - memory,))}
+            out["revoked"] = sorted(revoked - set(out["active"]))
         outbound = _outbound(minion_id, db, now)
     finally:
         db.close()

@@ -164,21 +164,24 @@ def plan(fleet, listed, current):
     return desired
 
 
-def steps(desired, current):
+def steps(desired, current, admits=None):
     """The ordered actions turning ``current`` into ``desired``: [(action, host, peer)].
 
     ``admit`` (the peer admits the host: apply on the peer) comes before ``relay``;
-    ``normal``/``hold``/``relay`` on the host come before ``unadmit`` of its old peer."""
+    ``normal``/``hold``/``relay`` on the host come before ``unadmit`` of its old peer.
+    ``admits``: {host: peer admitting it} from the ledger; an admission no longer needed
+    (left by an interrupted run, say) is withdrawn too."""
+    admits = admits or {}
     first, then, last = [], [], []
     for h, (mode, peer) in sorted(desired.items()):
         cmode, cpeer = current.get(h, ("normal", None))
-        if (mode, peer) == (cmode, cpeer):
-            continue
-        if mode == "relay":
+        if mode == "relay" and admits.get(h) != peer:
             first.append(("admit", h, peer))
-        then.append((mode, h, peer))
-        if cmode == "relay" and cpeer and cpeer != peer:
-            last.append(("unadmit", h, cpeer))
+        if (mode, peer) != (cmode, cpeer):
+            then.append((mode, h, peer))
+        old = admits.get(h) or (cpeer if cmode == "relay" else None)
+        if old and not (mode == "relay" and peer == old):
+            last.append(("unadmit", h, old))
     return first + then + last
 
 
@@ -401,10 +404,13 @@ def _converge(store, fleet, conf, reason, now):
                       and peer_address(g, p) is not None}
                   for h, (g, p) in fleet.items()}
     current = store.current()
+    admits = {r["host"]: r["admit_peer"] for r in store.rows() if r["admit_peer"]}
     desired = plan(fleet_info, store.listed_hosts(), current)
     done = []
     failed_peers = set()
-    for action, host, peer in steps(desired, current):
+    for action, host, peer in steps(desired, current, admits):
+        if host not in fleet:
+            continue  # a host the master no longer knows: nothing to apply there
         g, p = fleet[host]
         if action == "admit":
             store.set_admit(host, peer, host_addresses(g, p), now, reason)
@@ -467,7 +473,8 @@ def dnsbl(minion=None, payload=None):
                 store.db.execute("ROLLBACK")
                 raise
             reason = "; ".join(f"{t['ip']} {t['state']} on {t['zone']}" for t in changed) or "DNSBL event"
-            done = _converge(store, fleet, conf, reason, now) if changed else []
+            # every event (refreshes too) also converges a ledger left half-way (interrupted run)
+            done = _converge(store, fleet, conf, reason, now)
             mode = store.current().get(minion, ("normal", None))
         finally:
             store.close()

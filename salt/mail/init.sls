@@ -10,5 +10,6 @@ include:
   - mail.rspamd
   - mail.firewall
   - mail.defense
+  - mail.dnsbl       # outbound mode from the ledger (DNSBL: relay through a peer / hold)
   - mail.vusers
   - mail.webmail     # Roundcube/PostfixAdmin when mailfleet:webmail/postfixadmin:enabled (else removes them)

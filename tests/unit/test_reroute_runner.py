@@ -97,6 +97,12 @@ def test_steps_admit_before_relay_and_unadmit_after():
     assert ob.steps({H1: ("normal", None)}, {H1: ("relay", H2)}) == [("normal", H1, None), ("unadmit", H1, H2)]
     assert ob.steps({H1: ("normal", None)}, {}) == []
     assert ob.steps({H1: ("hold", None)}, {H1: ("hold", None)}) == []
+    # the ledger's admissions: an existing one is not redone, a stale one is withdrawn
+    assert ob.steps({H1: ("relay", H2)}, {H1: ("relay", H2)}, {H1: H2}) == []
+    assert ob.steps({H1: ("relay", H2)}, {H1: ("normal", None)}, {H1: H2}) == [("relay", H1, H2)]
+    assert ob.steps({H1: ("normal", None)}, {H1: ("normal", None)}, {H1: H2}) == [("unadmit", H1, H2)]
+    assert ob.steps({H1: ("relay", H3)}, {H1: ("relay", H2)}, {H1: H2}) == [
+        ("admit", H1, H3), ("relay", H1, H3), ("unadmit", H1, H2)]
 
 
 @pytest.mark.parametrize("ip,rh,adm", [("198.18.0.12", "[198.18.0.12]:25", "198.18.0.12/32"),
@@ -189,3 +195,27 @@ def test_main_cf_block():
     assert peer["mynetworks"] == "127.0.0.0/8 [::1]/128 198.18.0.11/32 [2001:db8::11]/128"
     with pytest.raises(RuntimeError, match="pillar mailfleet_outbound: outbound mode unavailable"):
         render_block({"mailfleet_outbound": {"error": "outbound mode unavailable"}})
+
+
+# --- the ext_pillar that hands the ledger's mode to each host ---------------------------------
+
+def test_ext_pillar_hands_each_host_its_mode(tmp_path, monkeypatch):
+    import time as _time
+
+    import mailfleet_bans as xp
+    path = tmp_path / "ledger.sqlite"
+    monkeypatch.setattr(xp, "__opts__", {"mailfleet_ledger": str(path), "cachedir": str(tmp_path)}, raising=False)
+    # no ledger yet: everyone normal
+    assert xp.ext_pillar(H1, {})["mailfleet_outbound"] == {"mode": "normal", "admit": []}
+    st = ob.Store(path)
+    now = _time.time()
+    st.set_admit(H1, H2, ["198.18.0.11"], now, "listed")
+    st.set_mode(H1, "relay", H2, "[198.18.0.12]:25", now, "listed")
+    st.set_mode(H3, "hold", None, None, now, "listed, no peer")
+    st.close()
+    p1 = xp.ext_pillar(H1, {})["mailfleet_outbound"]
+    assert (p1["mode"], p1["relayhost"], p1["admit"]) == ("relay", "[198.18.0.12]:25", [])
+    assert xp.ext_pillar(H2, {})["mailfleet_outbound"]["admit"] == ["198.18.0.11/32"]
+    p3 = xp.ext_pillar(H3, {})["mailfleet_outbound"]
+    assert (p3["mode"], p3["queue_lifetime"]) == ("hold", "100d")
+    assert "active" in xp.ext_pillar(H1, {})["mailfleet_bans"]   # the ban part is untouched
