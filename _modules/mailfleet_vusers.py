@@ -32,6 +32,7 @@ timestamp>`` (never deleted). Rows mailfleet never managed are left alone, unles
 import datetime
 import functools
 import gc
+import json
 import logging
 import math
 import os
@@ -376,6 +377,7 @@ def validate_pillar(cfg):
         if not isinstance(dcfg, dict):
             rep.error(dpath, "must be a mapping")
             continue
+        dcfg = _unpacked(dcfg, dpath, rep)
         domains[dom] = d = _validate_domain(dom, dpath, dcfg, rep)
         for adom, apath in d["alias_domains"].items():
             if adom in alias_domain_owner:
@@ -411,6 +413,32 @@ def validate_pillar(cfg):
 
     _check_targets(model, {a: t for a, (p, t) in alias_domain_owner.items()}, rep)
     return model, list(rep.errors), list(rep.warnings)
+
+
+PACKED_KEY = "packed_json"  # set by the mailfleet_domains ext_pillar at hosting size
+
+
+def _unpacked(dcfg, dpath, rep):
+    """The domain's data with ``mailboxes`` and ``aliases`` back from the JSON string the
+    ext_pillar packs them into for a host that receives many (see _pillar/mailfleet_domains)."""
+    text = dcfg.get(PACKED_KEY)
+    if text is None:
+        return dcfg
+    try:
+        inner = json.loads(text) if isinstance(text, str) else None
+    except ValueError as exc:
+        rep.error(f"{dpath}:{PACKED_KEY}", f"not valid JSON ({exc}); reserved for the mailfleet_domains ext_pillar")
+        return dcfg
+    if not isinstance(inner, dict):
+        rep.error(f"{dpath}:{PACKED_KEY}", "must be a JSON object; reserved for the mailfleet_domains ext_pillar")
+        return dcfg
+    both = sorted(k for k in inner if k in dcfg)
+    if both:
+        rep.error(f"{dpath}:{PACKED_KEY}", f"{', '.join(both)} given both packed and as written")
+        return dcfg
+    out = {k: v for k, v in dcfg.items() if k != PACKED_KEY}
+    out.update(inner)
+    return out
 
 
 def _validate_domain(dom, dpath, dcfg, rep):

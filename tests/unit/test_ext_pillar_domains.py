@@ -156,3 +156,43 @@ def test_a_damaged_disk_cache_is_ignored_and_rewritten(tmp_path):
     got = ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
     assert list(got["mailfleet"]["domains"]) == ["b.test"]
     assert cache_file.read_bytes() != b"\xc1 not msgpack"
+
+
+def _many(folder, n_domains, per_domain):
+    for i in range(n_domains):
+        boxes = "\n".join(f"        u{j}: {{password: '{{SHA512-CRYPT}}$6$s$h'}}" for j in range(per_domain))
+        write(folder, f"d{i}.test.yaml",
+              f"mailfleet:\n  domains:\n    d{i}.test:\n      hosts: [mail02.lab.test]\n"
+              f"      description: D {i}\n      mailboxes:\n{boxes}\n"
+              f"      aliases: {{info: [u0@d{i}.test]}}\n")
+
+
+def test_a_small_host_gets_its_domains_as_written(tmp_path):
+    _many(tmp_path, 3, 5)
+    got = ext.ext_pillar("mail02.lab.test", {}, path=str(tmp_path))
+    assert sorted(got["mailfleet"]["domains"]["d1.test"]) == ["aliases", "description", "hosts", "mailboxes"]
+
+
+def test_a_hosting_box_gets_mailboxes_and_aliases_packed_and_nothing_lost(tmp_path):
+    import json as _json
+
+    _many(tmp_path, 4, 5)  # 4 x (5 mailboxes + 1 alias) = 24 > pack_over
+    plain = ext.ext_pillar("mail02.lab.test", {}, path=str(tmp_path), pack_over=None)
+    got = ext.ext_pillar("mail02.lab.test", {}, path=str(tmp_path), pack_over=20)
+    for dom, data in got["mailfleet"]["domains"].items():
+        assert sorted(data) == ["description", "hosts", "packed_json"]
+        inner = _json.loads(data["packed_json"])
+        rebuilt = {k: v for k, v in data.items() if k != "packed_json"} | inner
+        assert rebuilt == plain["mailfleet"]["domains"][dom]
+    again = ext.ext_pillar("mail02.lab.test", {}, path=str(tmp_path), pack_over=20)
+    assert again == got
+    assert all(again["mailfleet"]["domains"][d] is got["mailfleet"]["domains"][d] for d in got["mailfleet"]["domains"])
+
+
+def test_a_domain_json_cannot_carry_is_sent_as_written(tmp_path):
+    _many(tmp_path, 4, 5)
+    write(tmp_path, "odd.test.yaml", "mailfleet:\n  domains:\n    odd.test:\n      hosts: [mail02.lab.test]\n"
+                                     "      mailboxes: {123: {password: x}}\n")
+    got = ext.ext_pillar("mail02.lab.test", {}, path=str(tmp_path), pack_over=20)
+    assert got["mailfleet"]["domains"]["odd.test"]["mailboxes"] == {123: {"password": "x"}}
+    assert "packed_json" in got["mailfleet"]["domains"]["d0.test"]

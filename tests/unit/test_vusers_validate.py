@@ -325,3 +325,35 @@ def test_run_sync_refuses_before_connecting():
     assert ret["result"] is False
     assert ret["errors"] == [f"{A}:mailboxes:alice:password: plaintext password refused; {HINT}"]
     assert ret["comment"].startswith("pillar invalid, nothing written (1 error):")
+
+
+def _packed_like_the_ext_pillar(cfg):
+    import json
+
+    out = copy.deepcopy(cfg)
+    for data in out["domains"].values():
+        inner = {k: data.pop(k) for k in ("mailboxes", "aliases") if k in data}
+        data[v.PACKED_KEY] = json.dumps(inner)
+    return out
+
+
+def test_packed_domains_validate_to_the_same_model_and_paths():
+    cfg = base()
+    model, errors, warnings = v.validate_pillar(cfg)
+    p_model, p_errors, p_warnings = v.validate_pillar(_packed_like_the_ext_pillar(cfg))
+    assert (p_model, p_errors, p_warnings) == (model, errors, warnings) and not errors
+    bad = base()
+    bad["domains"]["example-a.test"]["mailboxes"]["alice"]["password"] = "plain"
+    assert errors_of(_packed_like_the_ext_pillar(bad)) == errors_of(bad) != []
+    assert any(e.startswith(f"{A}:mailboxes:alice:password") for e in errors_of(bad))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("{not json", f"{A}:packed_json: not valid JSON"),
+    ('["a list"]', f"{A}:packed_json: must be a JSON object"),
+    ('{"mailboxes": {}}', f"{A}:packed_json: mailboxes given both packed and as written"),
+])
+def test_a_bad_packed_value_is_an_error_naming_its_path(text, expected):
+    cfg = base()
+    cfg["domains"]["example-a.test"][v.PACKED_KEY] = text
+    assert any(e.startswith(expected) for e in errors_of(cfg)), errors_of(cfg)
