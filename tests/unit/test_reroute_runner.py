@@ -219,3 +219,39 @@ def test_ext_pillar_hands_each_host_its_mode(tmp_path, monkeypatch):
     p3 = xp.ext_pillar(H3, {})["mailfleet_outbound"]
     assert (p3["mode"], p3["queue_lifetime"]) == ("hold", "100d")
     assert "active" in xp.ext_pillar(H1, {})["mailfleet_bans"]   # the ban part is untouched
+
+
+def test_check_alerts_on_a_hold_older_than_a_day(tmp_path, monkeypatch):
+    import time as _time
+    monkeypatch.setattr(ob, "__opts__", {"mailfleet_ledger": str(tmp_path / "l.sqlite"), "cachedir": str(tmp_path)},
+                        raising=False)
+    sent = []
+    monkeypatch.setattr(ob, "_alert", lambda *a, **k: sent.append(a))
+    st = ob.Store(tmp_path / "l.sqlite")
+    now = _time.time()
+    st.set_mode(H1, "hold", None, None, now - 25 * 3600, "listed, no clean peer")
+    st.set_mode(H2, "hold", None, None, now - 3600, "listed, no clean peer")
+    st.close()
+    assert ob.check() == {"held": [H1]}
+    (kind, subject, message, details, severity), = sent
+    assert (kind, subject, severity) == ("outbound_held", H1, "critical") and "held for 25 h" in message
+
+
+def test_dnsbl_refuses_a_forged_event_and_an_unknown_host(tmp_path, monkeypatch):
+    """The runner's entry point with the master's minion cache replaced by a dict (the real
+    cache needs a master: tests/lab/test_55_dnsbl.py runs the whole path)."""
+    monkeypatch.setattr(ob, "__opts__", {"mailfleet_ledger": str(tmp_path / "l.sqlite"), "cachedir": str(tmp_path)},
+                        raising=False)
+    fleet = {H1: ({"ipv4": ["198.18.0.11", "127.0.0.1"]}, {"mailfleet": {}}),
+             H2: ({"ipv4": ["198.18.0.12"]}, {"mailfleet": {}})}
+    monkeypatch.setattr(ob, "_fleet_data", lambda: fleet)
+    fired = []
+    monkeypatch.setattr(ob, "_fire", lambda tag, data: fired.append((tag, data)))
+    monkeypatch.setattr(ob, "_alert", lambda *a, **k: None)
+    forged = ev({"ip": "198.18.0.12", "state": "listed"}, host=H2)
+    assert "was sent by 'mail01.lab.test'" in ob.dnsbl(minion=H1, payload=forged)["refused"]
+    assert "not a known mail host" in ob.dnsbl(minion="intruder", payload=dict(forged, host="intruder"))["refused"]
+    assert [t for t, _ in fired] == ["mailfleet/outbound/refused"] * 2
+    # mail01 naming mail02's address: that transition is refused, nothing recorded or applied
+    ret = ob.dnsbl(minion=H1, payload=ev({"ip": "198.18.0.12", "state": "listed"}))
+    assert ret["changed"] == [] and ret["steps"] == [] and "not an address of" in ret["refused"][0][1]
