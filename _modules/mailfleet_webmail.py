@@ -125,3 +125,12 @@ def admin_status(username, password_hash, database="postfix"):
 
 def ensure_admin(username, password_hash, database="postfix"):
     __salt__["mailfleet_db.query"](admin_sql(username, password_hash), database=database)
+
+
+def db_user_exists(user):
+    return bool(__salt__["mailfleet_db.query"](
+        f"SELECT 1 FROM mysql.user WHERE User = {literal(user)} AND Host = 'localhost'"))
+
+
+def drop_db_user(user):
+    __salt__["mailfleet_db.query"](f"DROP USER IF EXISTS {literal(user)}@'localhost'")

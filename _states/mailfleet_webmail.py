@@ -41,3 +41,18 @@ def admin(name, password, database="postfix"):
         return ret
     ret["comment"] = f"PostfixAdmin superadmin {name} updated"
     return ret
+
+
+def db_user_absent(name):
+    """Account ``name``@localhost does not exist (an application switched off keeps no access)."""
+    ret = {"name": name, "result": True, "changes": {}, "comment": f"account {name} is absent"}
+    if not __salt__["mailfleet_webmail.db_user_exists"](name):
+        return ret
+    ret["changes"] = {"account": "dropped"}
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] = f"account {name} would be dropped"
+        return ret
+    __salt__["mailfleet_webmail.drop_db_user"](name)
+    ret["comment"] = f"account {name} dropped"
+    return ret

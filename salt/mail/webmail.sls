@@ -23,7 +23,8 @@
                   "postfixadmin_etc": "/usr/local/www/postfixadmin",
                   "postfixadmin_templates_c": "/usr/local/www/postfixadmin/templates_c",
                   "doveadm": "/usr/local/bin/doveadm", "nologin": "/usr/sbin/nologin",
-                  "reload_nginx": "service nginx reload"} %}
+                  "reload_nginx": "service nginx reload",
+                  "reload_php_fpm": "service php_fpm status >/dev/null 2>&1 && service php_fpm reload || true"} %}
 {%- else %}
 {%-   set dflt = {"php_fpm_pool_dir": "/etc/php/8.2/fpm/pool.d", "php_fpm_service": "php8.2-fpm",
                   "php_fpm_check": "php-fpm8.2 -t", "php_fpm_bin": "php-fpm8.2", "php_bin": "php8.2",
@@ -38,7 +39,8 @@
                   "postfixadmin_etc": "/etc/postfixadmin",
                   "postfixadmin_templates_c": "/var/cache/postfixadmin/templates_c",
                   "doveadm": "/usr/bin/doveadm", "nologin": "/usr/sbin/nologin",
-                  "reload_nginx": "systemctl reload nginx"} %}
+                  "reload_nginx": "systemctl reload nginx",
+                  "reload_php_fpm": "systemctl try-reload-or-restart php8.2-fpm"} %}
 {%- endif %}
 {%- set W = salt["slsutil.merge"](dflt, L, strategy="recurse") %}
 {%- set php_pool_dir = W.php_fpm_pool_dir %}
@@ -177,6 +179,11 @@ mailfleet-{{ app }}-pool-absent:
 {%-     if any_on %}
     - watch_in:
       - service: mailfleet-php-fpm
+{%-     else %}
+  cmd.run:
+    - name: {{ W.reload_php_fpm }}
+    - onchanges:
+      - file: mailfleet-{{ app }}-pool-absent
 {%-     endif %}
 
 mailfleet-{{ app }}-nginx-absent:
@@ -249,6 +256,14 @@ mailfleet-roundcube-temp:
       - pkg: mailfleet-webmail-packages
       - user: mailfleet-roundcube-user
 {%- endif %}
+
+{#- Switched off, an application keeps no database access (its database itself stays). #}
+{%- for app, account in [("roundcube", "roundcube"), ("postfixadmin", "mailfleet_pfadmin")] if not apps[app].on %}
+
+mailfleet-{{ app }}-db-user-absent:
+  mailfleet_webmail.db_user_absent:
+    - name: {{ account }}
+{%- endfor %}
 
 {%- if apps.postfixadmin.on %}
 {%-   set pfa_db_user = "mailfleet_pfadmin" %}

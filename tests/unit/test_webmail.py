@@ -107,7 +107,8 @@ def test_switched_off_only_removes(tmp_path):
     r, high, chunks = _render(tmp_path, DEBIAN_GRAINS, webmail={"enabled": False},
                               postfixadmin={"enabled": False})
     every = r.chunks(high)
-    assert {c[1] + "." + c[2] for c in every} <= {"file.absent", "cmd.run"}
+    assert {c[1] + "." + c[2] for c in every} <= {"file.absent", "cmd.run", "mailfleet_webmail.db_user_absent"}
+    assert {c[3]["name"] for c in every if c[1] == "mailfleet_webmail"} == {"roundcube", "mailfleet_pfadmin"}
     names = {c[3]["name"] for c in every if c[1] == "file"}
     assert "/etc/nginx/mailfleet-tls.d/roundcube.conf" in names
     assert "/etc/php/8.2/fpm/pool.d/mailfleet-postfixadmin.conf" in names
