@@ -14,7 +14,6 @@ import http.client
 import json
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import pytest
