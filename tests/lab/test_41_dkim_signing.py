@@ -81,6 +81,10 @@ def send_and_read(lab, label: str, local: bool = False) -> email.message.EmailMe
               "--auth", "PLAIN", "--auth-user", SENDER, "--auth-password", PASSWORDS[SENDER],
               "--from", SENDER, "--to", RCPT, "--header", f"Subject: {subject}",
               "--body", f"DKIM lab check {subject}\n")
+    return read_bob(lab, subject)
+
+
+def read_bob(lab, subject: str):
     deadline = time.monotonic() + 90
     while True:
         proc = lab.run("outside", "python3", "-c", IMAP_RAW, "mail02.lab.test", RCPT,
@@ -172,6 +176,25 @@ def test_alice_to_bob_is_signed_and_passes_dkim_spf_dmarc(lab, converged, publis
     # mail01 reached mail02 through the MX mailfleet published (the lab seeds none)
     assert "by mail02.lab.test" in " ".join(str(h) for h in msg.get_all("Received"))
     assert lab_txt(f"{signing}._domainkey.{DOMAIN}.").startswith(b"v=DKIM1; k=rsa; p=MII")
+
+
+def test_a_forged_sender_fails_and_a_forged_authentication_results_is_dropped(lab, converged,
+                                                                             published):
+    """outside.lab.test claims to be alice and brings its own 'Authentication-Results:
+    mail02.lab.test; dkim=pass ...'. mail02 drops that header (its own authserv-id, RFC 8601
+    section 5) and reports what it saw: no signature, SPF fail, DMARC fail (policy none, so
+    the message is still delivered)."""
+    subject = tag("forged")
+    swaks(lab, "outside", "--server", "mail02.lab.test", "--port", "25",
+          "--ehlo", "outside.lab.test", "--from", SENDER, "--to", RCPT,
+          "--header", f"Subject: {subject}",
+          "--add-header", "Authentication-Results: mail02.lab.test; dkim=pass "
+                          "header.d=example-a.test; spf=pass; dmarc=pass")
+    msg, _ = read_bob(lab, subject)
+    res = auth_results(msg)        # exactly one header with mail02's authserv-id
+    assert res["dkim"]["result"] == "none", res
+    assert res["spf"]["result"] == "fail" and "198.18.0.100" in res["spf"]["text"], res
+    assert res["dmarc"]["result"] == "fail", res
 
 
 def test_local_mail_from_sendmail_is_signed_too(lab, converged, published, signing):
