@@ -66,20 +66,62 @@ try:
 except AttributeError:  # pragma: no cover - libyaml is part of PyYAML's wheels
     _Loader = yaml.SafeLoader
 
-# path -> (mtime_ns, size, {domain: data}), shared by every copy of this module in the
-# process (see the module doc). Cached data is handed to Salt by reference: read-only.
-_SHARED = sys.modules.setdefault("_mailfleet_domains_parse_cache",
-                                 types.ModuleType("_mailfleet_domains_parse_cache"))
+PACKED_KEY = "packed_json"
+PACKED_FIELDS = ("mailboxes", "aliases")
+DEFAULT_PACK_OVER = 5000
+
+# path -> (mtime_ns, size, {domain: [wire data, count, packed?]}), shared by every copy of
+# this module in the process (see the module doc). "Wire data" is the domain's data with
+# mailboxes and aliases already packed where JSON carries them faithfully (packing is paid
+# once per file change, and the disk cache then holds strings, which load fast); "count"
+# is its number of mailboxes plus aliases. Handed to Salt by reference: read-only.
+_SHARED = sys.modules.setdefault("_mailfleet_domains_wire_cache",
+                                 types.ModuleType("_mailfleet_domains_wire_cache"))
 if not hasattr(_SHARED, "files"):
     _SHARED.files = {}
     _SHARED.disk_loaded = set()
-if not hasattr(_SHARED, "packed"):
-    _SHARED.packed = {}  # id(domain data) -> (that data, its packed form)
 _CACHE = _SHARED.files
 
 
 def __virtual__():
     return __virtualname__
+
+
+def _string_keys_only(value):
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _string_keys_only(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_string_keys_only(v) for v in value)
+    return True
+
+
+def wire_form(data):
+    """``[data, count, packed]``: the domain's data with ``mailboxes`` and ``aliases`` as one
+    JSON string under PACKED_KEY (or as written, when it holds neither or JSON would
+    change it: non-string keys, dates), and how many mailboxes plus aliases it declares."""
+    if not isinstance(data, dict):
+        return [data, 0, False]
+    inner = {f: data[f] for f in PACKED_FIELDS if f in data}
+    count = sum(len(v) for v in inner.values() if isinstance(v, (dict, list)))
+    if not inner or PACKED_KEY in data or not _string_keys_only(inner):
+        return [data, count, False]
+    try:
+        text = json.dumps(inner, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return [data, count, False]
+    out = {k: v for k, v in data.items() if k not in PACKED_FIELDS}
+    out[PACKED_KEY] = text
+    return [out, count, True]
+
+
+def as_written(wire):
+    """The domain's data as its file declares it, from the wire form."""
+    data, _, is_packed = wire
+    if not is_packed:
+        return data
+    out = {k: v for k, v in data.items() if k != PACKED_KEY}
+    out.update(json.loads(data[PACKED_KEY]))
+    return out
 
 
 def _domains_in(path):
@@ -93,8 +135,9 @@ def _domains_in(path):
     if not isinstance(domains, dict):
         log.error("mailfleet_domains: %s: mailfleet:domains is not a mapping; ignored", path)
         domains = {}
-    _CACHE[path] = (stat.st_mtime_ns, stat.st_size, domains)
-    return domains
+    wire = {domain: wire_form(value) for domain, value in domains.items()}
+    _CACHE[path] = (stat.st_mtime_ns, stat.st_size, wire)
+    return wire
 
 
 def _disk_cache_path(folder, cachedir):
@@ -116,9 +159,12 @@ def _load_disk_cache(folder, cachedir):
     except (OSError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
         log.warning("mailfleet_domains: parse cache of %s unusable (%s); re-parsing", folder, err)
         return
-    for path, (mtime_ns, size, domains) in (entries or {}).items():
-        if path not in _CACHE and isinstance(domains, dict):
-            _CACHE[path] = (mtime_ns, size, domains)
+    try:
+        for path, (mtime_ns, size, domains) in (entries or {}).items():
+            if path not in _CACHE and all(isinstance(w, list) and len(w) == 3 for w in domains.values()):
+                _CACHE[path] = (mtime_ns, size, domains)
+    except (TypeError, ValueError, AttributeError) as err:
+        log.warning("mailfleet_domains: parse cache of %s has another layout (%s); re-parsing", folder, err)
 
 
 def _save_disk_cache(folder, cachedir):
@@ -143,8 +189,9 @@ def _save_disk_cache(folder, cachedir):
 
 
 def domains_for(minion_id, folder, cachedir=None):
-    """{domain: data} of every domain file in ``folder`` whose ``hosts`` names ``minion_id``.
-    ``cachedir``: where to keep the parse cache between processes (None: memory only)."""
+    """{domain: wire form} of every domain file in ``folder`` whose ``hosts`` names
+    ``minion_id``. ``cachedir``: where to keep the parse cache between processes (None:
+    memory only)."""
     served, seen, parsed = {}, set(), 0
     _load_disk_cache(folder, cachedir)
     try:
@@ -165,10 +212,10 @@ def domains_for(minion_id, folder, cachedir=None):
             # A broken file must not hand a host a partial view silently: say which file.
             log.error("mailfleet_domains: %s unreadable (%s); its domains are left out", path, err)
             continue
-        for domain, data in domains.items():
-            hosts = (data or {}).get("hosts") or []
+        for domain, wire in domains.items():
+            hosts = (wire[0] if isinstance(wire[0], dict) else {}).get("hosts") or []
             if minion_id in hosts:
-                served[domain] = data
+                served[domain] = wire
     for gone in set(_CACHE) - seen:
         if os.path.dirname(gone) == folder:
             del _CACHE[gone]
@@ -178,52 +225,13 @@ def domains_for(minion_id, folder, cachedir=None):
     return served
 
 
-PACKED_KEY = "packed_json"
-PACKED_FIELDS = ("mailboxes", "aliases")
-DEFAULT_PACK_OVER = 5000
-
-
-def _string_keys_only(value):
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _string_keys_only(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_string_keys_only(v) for v in value)
-    return True
-
-
-def packed(data):
-    """The domain's data with ``mailboxes`` and ``aliases`` as one JSON string, or the data
-    as it is when it holds neither or JSON would change it. Cached per data object (the
-    parse cache keeps one object per file until the file changes)."""
-    if not isinstance(data, dict) or not any(f in data for f in PACKED_FIELDS):
-        return data
-    hit = _SHARED.packed.get(id(data))
-    if hit is not None and hit[0] is data:
-        return hit[1]
-    inner = {f: data[f] for f in PACKED_FIELDS if f in data}
-    out = data
-    if _string_keys_only(inner):
-        try:
-            text = json.dumps(inner, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError):  # dates and the like: send them as written
-            text = None
-        if text is not None:
-            out = {k: v for k, v in data.items() if k not in PACKED_FIELDS}
-            out[PACKED_KEY] = text
-    _SHARED.packed[id(data)] = (data, out)
-    return out
-
-
-def _pack_all(served, pack_over):
-    count = sum(len(d.get(f) or ()) for d in served.values() if isinstance(d, dict)
-                for f in PACKED_FIELDS if isinstance(d.get(f), (dict, list)))
-    if pack_over is None or count <= int(pack_over):
-        return served
-    out = {domain: packed(data) for domain, data in served.items()}
-    live = {id(d) for d in served.values()}
-    for key in [k for k in _SHARED.packed if k not in live]:  # files gone or changed
-        del _SHARED.packed[key]
-    return out
+def _for_the_wire(served, pack_over):
+    """Packed domains when the host receives more than ``pack_over`` mailboxes plus
+    aliases, else every domain as written."""
+    total = sum(w[1] for w in served.values())
+    if pack_over is not None and total > int(pack_over):
+        return {domain: w[0] for domain, w in served.items()}
+    return {domain: as_written(w) for domain, w in served.items()}
 
 
 DEFAULT_DKIM_DIR = "/var/lib/mailfleet-master/dkim"
@@ -275,7 +283,7 @@ def ext_pillar(minion_id, pillar, path=None, dkim_dir=None, **kwargs):  # pylint
             served[domain] = data
     if not served:
         return {}
-    out = {"mailfleet": {"domains": _pack_all(served, kwargs.get("pack_over", DEFAULT_PACK_OVER))}}
+    out = {"mailfleet": {"domains": _for_the_wire(served, kwargs.get("pack_over", DEFAULT_PACK_OVER))}}
     base = dkim_dir or opts.get("mailfleet_dkim_dir") or DEFAULT_DKIM_DIR
     keys = {d: k for d in served for k in [dkim_for(d, base)] if k}
     if keys:
