@@ -340,8 +340,9 @@ def _conf():
 
 
 def host_ips(conf=None):
-    """The addresses this host sends from: pillar ``ips``, else its ipv4/ipv6 grains."""
-    conf = settings(_conf() if conf is None else conf)
+    """The addresses this host sends from: pillar ``ips``, else its ipv4/ipv6 grains.
+    ``conf``: checked settings (:func:`settings`); default the pillar's."""
+    conf = settings(_conf()) if conf is None else conf
     if conf["ips"]:
         return sending_ips(conf["ips"])
     return sending_ips(list(__grains__.get("ipv4") or []) + list(__grains__.get("ipv6") or []))  # noqa: F821

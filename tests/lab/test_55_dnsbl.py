@@ -176,6 +176,9 @@ def test_listing_reroutes_then_holds_then_restores_without_losing_mail(lab, reac
         assert listed[0]["details"]["mode"] == "relay" and listed[0]["details"]["peer"] == H2
         assert listed[0]["details"]["codes"] == ["127.0.0.2"] and listed[0]["severity"] == "critical"
         assert modes()[H1] == "relay"
+        # what the postmaster sees on the host itself
+        seen = lab.salt(H1, "mailfleet_dnsbl.check", timeout=60)[H1]
+        assert seen["zones"][ZONE]["ok"] and seen["verdicts"][f"{IP1} {ZONE}"]["state"] == "listed", seen
         relayed = tag("dnsbl-relay")
         qid = submit(lab, relayed)
         sent.append(relayed)
