@@ -198,13 +198,29 @@ def _start_certwatch(host, certs):
         log.exception("mailfleet_watch: certificate checks not started (pillar mailfleet:defense:cert_*)")
 
 
+def _start_queuewatch(host, queue, tag):
+    """Queue thread (_modules/mailfleet_queue.py, pillar mailfleet:defense:queue): postqueue -j
+    (bounded) every ``interval``; a ``queue`` report when the deferred queue goes past the
+    thresholds (again every ``repeat``) and when it is back under."""
+    try:
+        qw = _maillog("mailfleet_queue").QueueWatcher(queue)
+        __salt__["event.fire_master"]  # noqa: F821  (loaded here, once, not in the thread)
+        ctx = contextvars.copy_context()
+        threading.Thread(target=ctx.run, args=(qw.run, host, _fire_master, tag), kwargs={"log": log},
+                         name="mailfleet_queue", daemon=True).start()
+        log.info("mailfleet_watch: queue checked every %ss (deferred %s, age %ss)", qw.conf["interval"],
+                 qw.conf["deferred"], qw.conf["age"])
+    except Exception:  # pylint: disable=broad-except
+        log.exception("mailfleet_watch: queue checks not started (pillar mailfleet:defense:queue)")
+
+
 def _fire_master(data, tag):
     with _FIRE_LOCK:
         return __salt__["event.fire_master"](data, tag)  # noqa: F821
 
 
 def start(log_file="/var/log/mail.log", interval=1.0, poll=0.1, thresholds=None, max_ips=500,
-          tag=TAG, state_file=None, dnsbl=None, certs=None, **_ignored):
+          tag=TAG, state_file=None, dnsbl=None, certs=None, queue=None, **_ignored):
     ml = _maillog()
     host = __opts__["id"]  # noqa: F821
     if dnsbl is not None:
@@ -222,6 +238,8 @@ def start(log_file="/var/log/mail.log", interval=1.0, poll=0.1, thresholds=None,
             log.exception("mailfleet_watch: DNSBL checks not started (pillar mailfleet:dnsbl)")
     if certs is not None:
         _start_certwatch(host, certs)
+    if queue is not None:
+        _start_queuewatch(host, queue, tag)
     if state_file is None:
         state_file = os.path.join(__opts__.get("cachedir", "/var/cache/salt/minion"), "mailfleet_watch.state")  # noqa: F821
     log_file = _ignored.get("log", log_file)

@@ -13,6 +13,9 @@ _runners/mailfleet_reroute.py): pillar ``mailfleet_outbound`` = {"mode": normal|
 "relayhost", "peer", "queue_lifetime", "admit": [addresses this host relays for]}, rendered
 into main.cf by salt/mail/files/postfix-main.cf.jinja (state ``mail.dnsbl``).
 
+And the held SASL users (compromised accounts, _runners/mailfleet_accounts.py): pillar
+``mailfleet_sasl_holds`` = {user: "hold" | "refuse"}, for the state ``mail.sasl_hold``.
+
 Master config::
 
     ext_pillar:
@@ -39,7 +42,8 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
     now = time.time()
     out = {"active": {}, "revoked": [], "generated": now}
     if not os.path.exists(path):
-        return {"mailfleet_bans": out, "mailfleet_outbound": {"mode": "normal", "admit": []}}
+        return {"mailfleet_bans": out, "mailfleet_outbound": {"mode": "normal", "admit": []},
+                "mailfleet_sasl_holds": {}}
     memory = ((__opts__.get("mailfleet_defense") or {}).get("revoked_memory") or 7 * 86400)  # noqa: F821
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
@@ -51,9 +55,24 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
             revoked = {r[0] for r in db.execute("SELECT address FROM bans WHERE revoked>=?", (now - memory,))}
             out["revoked"] = sorted(revoked - set(out["active"]))
         outbound = _outbound(minion_id, db, now)
+        holds = _sasl_holds(db)
     finally:
         db.close()
-    return {"mailfleet_bans": out, "mailfleet_outbound": outbound}
+    return {"mailfleet_bans": out, "mailfleet_outbound": outbound, "mailfleet_sasl_holds": holds}
+
+
+# --- held SASL users (compromised accounts, _runners/mailfleet_accounts.py) -----------------
+
+def _sasl_holds(db):
+    """{user: hold|refuse} in force, the same on every host (an account is held fleet-wide)."""
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sasl_holds'").fetchone():
+            return {}
+        return {r[0]: r[1] for r in db.execute(
+            "SELECT user, mode FROM sasl_holds WHERE released IS NULL ORDER BY id")}
+    except Exception:  # pylint: disable=broad-except
+        log.exception("mailfleet_bans: SASL holds")
+        return None  # absent: the hosts keep their last map rather than release everyone
 
 
 # --- outbound mode (DNSBL) ----------------------------------------------------------------

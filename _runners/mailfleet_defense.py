@@ -28,7 +28,9 @@ Hosts that missed the fast path catch up from the ledger: the ``mailfleet_bans``
 (_pillar/mailfleet_bans.py) hands its active bans to every host and the state
 ``mailfleet_ban.reconciled`` makes the sets contain them (on minion start and on a schedule).
 
-Runners: ``bans`` (list the ledger), ``unban``, ``drain``, ``active``.
+Runners: ``bans`` (list the ledger), ``unban``, ``drain``, ``active``, ``release`` (a held SASL
+user, see _runners/mailfleet_accounts.py: report() hands it the ``outbound`` and ``queue``
+parts of each report before any address is judged).
 """
 import ipaddress
 import json
@@ -423,6 +425,16 @@ def report(minion=None, payload=None, tag=None):
         log.warning("mailfleet_defense: refused report from %r: %s", minion, exc)
         _fire("mailfleet/defense/refused", {"minion": minion, "why": str(exc)})
         return {"refused": str(exc)}
+    # Accounts first (_runners/mailfleet_accounts.py): a SASL user over its outbound volume
+    # is held before any address is judged (the usual cause of a listing); the queue part
+    # raises its alert. Neither may stop the ban path.
+    accounts = {}
+    for part, fun in (("outbound", "mailfleet_accounts.outbound"), ("queue", "mailfleet_accounts.queue")):
+        if payload.get(part):
+            try:
+                accounts[part] = __salt__[fun](minion, payload)  # noqa: F821
+            except Exception:  # pylint: disable=broad-except
+                log.exception("mailfleet_defense: %s from %s", fun, minion)
     nets = _fleet_allow(pol)
     led = Ledger(ledger_path(__opts__))  # noqa: F821
     try:
@@ -440,6 +452,8 @@ def report(minion=None, payload=None, tag=None):
     ret = {"banned": [b["address"] for b in bans if b["not_before"] <= now],
            "queued": queued, "sent": applied, "jid": jid,
            "skipped": [list(s) for s in skipped], "invalid": [list(r) for r in refused]}
+    if accounts:
+        ret["accounts"] = accounts
     log.info("mailfleet_defense: report from %s: %d new bans, %d queued, %d skipped, %d invalid",
              minion, len(bans), queued, len(skipped), len(refused))
     return ret
@@ -498,3 +512,9 @@ def unban(address):
         led.close()
     jid = _send(pol, [addr], fun="mailfleet_ban.remove")
     return {"address": addr, "revoked": n, "jid": jid}
+
+
+def release(user):
+    """Release a held SASL user (see _runners/mailfleet_accounts.py): its hold ends on every
+    host and its held mail is delivered."""
+    return __salt__["mailfleet_accounts.release"](user)  # noqa: F821

@@ -7,7 +7,11 @@
       log: /var/log/mail.log   interval: 1 (s between reports)   poll: 0.1 (s between reads)
       max_ips: 500 (offenders per report; the rest waits for the next)
       thresholds: {relay: {count: 3, window: 600}, auth: {count: 10, window: 600}, ...}
-                  (merged over mailfleet_maillog.DEFAULT_THRESHOLDS, checked there)
+                  (merged over mailfleet_maillog.DEFAULT_THRESHOLDS, checked there;
+                  outbound: {messages: 200, recipients: 500, window: 3600} per SASL user,
+                  past it the account is held: _runners/mailfleet_accounts.py)
+      queue: {deferred: 200, age: 14400, interval: 60, repeat: 3600} (engine queue thread,
+             _modules/mailfleet_queue.py; queue: null turns it off)
       reconcile_every: 300, reconcile_splay: 60 (seconds)
     Pillar mailfleet:dnsbl (the engine's DNSBL thread, _modules/mailfleet_dnsbl.py):
       zones (default Spamhaus ZEN, SpamCop, Barracuda), interval 300, timeout 5, resolvers,
@@ -36,6 +40,9 @@ mailfleet-defense-engine-conf:
               poll: {{ d.poll | float }}
               max_ips: {{ d.max_ips | int }}
               thresholds: {{ d.thresholds | tojson }}
+{%- if d.get("queue", {}) is not none %}
+              queue: {{ salt["mailfleet_queue.queue_settings"](d.get("queue", {})) | tojson if "mailfleet_queue.queue_settings" in salt else (d.get("queue", {}) | tojson) }}
+{%- endif %}
 {%- if dnsbl.get("enabled", True) %}
               dnsbl: {{ dnsbl | tojson }}
 {%- endif %}

@@ -1,0 +1,232 @@
+"""
+Holding the outbound mail of a SASL user (issue 6, compromised accounts), on a mail host.
+
+The master decides (_runners/mailfleet_accounts.py) and records each hold in its ledger; the
+``mailfleet_bans`` ext_pillar hands the holds to every host as pillar
+``mailfleet_sasl_holds`` = {user: "hold" | "refuse"}. This module makes Postfix follow it:
+
+- the map ``<postfix_dir>/mailfleet_sasl_hold`` (``hash:``, named by ``check_sasl_access``
+  first in ``smtpd_recipient_restrictions``, see postfix-main.cf.jinja; submission and
+  submissions evaluate it, port 25 never matches as nobody authenticates there):
+  ``hold``   -> ``HOLD``: what the user still submits is accepted onto the hold queue
+               (deferred, never bounced; a false positive loses nothing and sees no error);
+  ``refuse`` -> ``450 4.7.1``: the user kept sending while held: new mail is refused with a
+               temporary error (the client keeps it and retries), so the hold queue does
+               not fill with spam;
+- messages of a held user already in the queue (envelope sender = the user, any queue but
+  hold) are put on hold with ``postsuper -h``;
+- on release the user's line goes, its held messages are released (``postsuper -H``) and
+  sent at once (``postqueue -i``).
+
+Functions: ``sync`` (what the state and the runner call), ``status``; the pure helpers
+``render_map``, ``valid_user`` are unit tested.
+"""
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mailfleet_sasl_hold"
+
+MODES = ("hold", "refuse")
+REFUSE_TEXT = "450 4.7.1 Outbound mail of this account is held by the postmaster (mailfleet)"
+MAX_USERS = 10_000
+# Postfix logs at most 100 characters of a SASL name; keys must be one map token.
+_USER_RE = re.compile(r"^[^\s#:,\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,99}$")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# --- pure ----------------------------------------------------------------------------------
+
+def valid_user(user):
+    """Lower-case SASL user name fit for a map key, or raise ValueError."""
+    if not isinstance(user, str) or not _USER_RE.match(user):
+        raise ValueError(f"not a SASL user name: {str(user)[:80]!r}")
+    return user.lower()
+
+
+def check_holds(holds):
+    """{user: mode} validated; errors name pillar mailfleet_sasl_holds."""
+    if holds is None:
+        return {}
+    if not isinstance(holds, dict):
+        raise ValueError("pillar mailfleet_sasl_holds must be a mapping {user: hold|refuse}")
+    if len(holds) > MAX_USERS:
+        raise ValueError(f"pillar mailfleet_sasl_holds: {len(holds)} users (max {MAX_USERS})")
+    out = {}
+    for user, mode in holds.items():
+        try:
+            key = valid_user(user)
+        except ValueError as exc:
+            raise ValueError(f"pillar mailfleet_sasl_holds: {exc}") from None
+        if mode not in MODES:
+            raise ValueError(f"pillar mailfleet_sasl_holds:{user}: mode {mode!r} is not one of {MODES}")
+        out[key] = mode
+    return out
+
+
+def render_map(holds):
+    """The map's text for {user: mode} (sorted, stable: unchanged holds = unchanged file)."""
+    lines = ["# Managed by mailfleet (mailfleet_sasl_hold, from the master's ledger). Local edits are overwritten."]
+    for user, mode in sorted(holds.items()):
+        lines.append(f"{user}\t{'HOLD' if mode == 'hold' else REFUSE_TEXT}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_map(text):
+    """{user: mode} back from a rendered map (for diffs)."""
+    out = {}
+    for line in (text or "").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, _sep, value = line.partition("\t")
+        out[key] = "hold" if value.strip() == "HOLD" else "refuse"
+    return out
+
+
+# --- host ----------------------------------------------------------------------------------
+
+def _postfix_dir():
+    try:
+        return __salt__["cmd.run"]("postconf -h config_directory", python_shell=False).strip() or "/etc/postfix"  # noqa: F821
+    except Exception:  # pylint: disable=broad-except
+        return "/etc/postfix"
+
+
+def _bin(name):
+    for d in ("/usr/sbin", "/usr/local/sbin"):
+        if os.path.exists(os.path.join(d, name)):
+            return os.path.join(d, name)
+    return name
+
+
+def _queue_mod():
+    import importlib.util
+    import sys
+    if "mailfleet_queue" in sys.modules:
+        return sys.modules["mailfleet_queue"]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mailfleet_queue.py")
+    spec = importlib.util.spec_from_file_location("mailfleet_queue", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["mailfleet_queue"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def map_path(postfix_dir=None):
+    return os.path.join(postfix_dir or _postfix_dir(), "mailfleet_sasl_hold")
+
+
+def _write_map(path, text):
+    """Write text and its .db so that Postfix never sees one without the other half-made."""
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".mailfleet_sasl_hold.", dir=d)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        subprocess.run([_bin("postmap"), f"hash:{tmp}"], check=True, capture_output=True, timeout=60)
+        os.replace(tmp + ".db", path + ".db")
+        os.replace(tmp, path)
+    finally:
+        for p in (tmp, tmp + ".db"):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def _run(argv, inp=None):
+    proc = subprocess.run(argv, input=inp, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:2])} failed: {(proc.stderr or proc.stdout)[:300]}")
+    return proc
+
+
+def plan(holds, current_map, msgs, release=()):
+    """What sync would do (pure): {"map": changed?, "hold_ids": [...], "release_ids": [...]}"""
+    q = _queue_mod()
+    held_users = set(holds)
+    released = {u.lower() for u in release} - held_users
+    # users that lost their hold since the map was written are released too (level-triggered)
+    released |= set(current_map) - held_users
+    return {
+        "map": current_map != holds,
+        "hold_ids": q.ids_of_senders(msgs, held_users, queues=("incoming", "active", "deferred")) if held_users else [],
+        "release_ids": q.ids_of_senders(msgs, released, queues=("hold",)) if released else [],
+        "released": sorted(released),
+    }
+
+
+def sync(holds=None, release=None, test=False):
+    """Make the host follow ``holds`` ({user: mode}; default pillar ``mailfleet_sasl_holds``).
+
+    ``release``: users whose held messages are released even if the map no longer names them
+    (the runner passes the user it releases). Returns what changed."""
+    if holds is None:
+        holds = __pillar__.get("mailfleet_sasl_holds")  # noqa: F821
+        if holds is None:
+            return {"result": True, "comment": "pillar mailfleet_sasl_holds absent: nothing to do", "changes": {}}
+    holds = check_holds(holds)
+    release = [valid_user(u) for u in (release or [])]
+    path = map_path()
+    current = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            current = parse_map(fh.read())
+    exists = os.path.exists(path + ".db")
+    q = _queue_mod()
+    msgs, truncated = q.read_queue()
+    todo = plan(holds, current, msgs, release)
+    changes = {}
+    if todo["map"] or not exists:
+        changes["map"] = {"old": current, "new": holds}
+    if todo["hold_ids"]:
+        changes["held"] = todo["hold_ids"]
+    if todo["release_ids"]:
+        changes["released"] = todo["release_ids"]
+    if test:
+        return {"result": None if changes else True, "changes": changes, "truncated": truncated,
+                "comment": "would change" if changes else "in sync"}
+    if "map" in changes:
+        _write_map(path, render_map(holds))
+        # smtpd re-opens a changed hash map only after its current session; reload so the
+        # next connection is served by processes that see it.
+        if __salt__["service.status"]("postfix"):  # noqa: F821
+            _run([_bin("postfix"), "reload"])
+    if todo["hold_ids"]:
+        _run([_bin("postsuper"), "-h", "-"], "\n".join(todo["hold_ids"]) + "\n")
+    if todo["release_ids"]:
+        _run([_bin("postsuper"), "-H", "-"], "\n".join(todo["release_ids"]) + "\n")
+        for qid in todo["release_ids"]:
+            subprocess.run([_bin("postqueue"), "-i", qid], capture_output=True, timeout=60)
+    if changes:
+        log.info("mailfleet_sasl_hold: %s", changes)
+    return {"result": True, "changes": changes, "truncated": truncated,
+            "comment": "changed" if changes else "in sync", "time": time.time()}
+
+
+def status():
+    """The map's users and the held messages of each (envelope sender)."""
+    path = map_path()
+    current = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            current = parse_map(fh.read())
+    msgs, truncated = _queue_mod().read_queue()
+    return {"holds": current, "truncated": truncated,
+            "held_messages": {u: _queue_mod().ids_of_senders(msgs, [u], ("hold",)) for u in current}}
+
+
+def queue_summary():
+    """postqueue -j summary: deferred count, oldest deferred age, held count (bounded)."""
+    q = _queue_mod()
+    msgs, truncated = q.read_queue()
+    out = q.summary(msgs, time.time())
+    out["truncated"] = truncated
+    return out

@@ -1,0 +1,326 @@
+"""
+Compromised accounts and the mail queue (issue 6), decided on the master.
+
+The ``mailfleet_watch`` engine counts the outbound volume of every SASL user per window
+(_modules/mailfleet_maillog.py; pillar ``mailfleet:defense:thresholds:outbound``, default
+200 messages or 500 recipients per 3600 s) and lists the users over it in the ``outbound``
+part of its ``mailfleet/abuse/report``; its queue thread adds a ``queue`` part when the
+deferred queue goes past ``mailfleet:defense:queue`` (default 200 messages or the oldest
+4 h old). ``mailfleet_defense.report`` hands both here BEFORE any IP-level decision: a
+compromised account is the usual cause of a listing, and its sender's address is often a
+legitimate client's.
+
+Compromised account (untrusted input: user names validated, at most ``max_users`` per
+report, the report's host must be the sending minion, checked by mailfleet_defense):
+
+1. first crossing -> ``hold``: on every fleet host (``mailfleet_defense:target``) the user's
+   new mail is accepted onto the hold queue (Postfix HOLD) and what it has in the queue is
+   put on hold. Deferred, never bounced; a false positive loses nothing.
+2. reported again while held (it sent another threshold's worth) -> ``refuse``: new mail is
+   refused with ``450 4.7.1`` (the client keeps it), so the hold queue does not fill up.
+3. ``salt-run mailfleet_accounts.release user=<u>`` (also ``mailfleet_defense.release``): the
+   hold ends in the ledger and on every host, the held messages are released and delivered.
+
+Every hold, escalation and release is a row of table ``sasl_holds`` in the ledger (reason,
+reporting minion, times); the ``mailfleet_bans`` ext_pillar hands the holds in force to
+every host as pillar ``mailfleet_sasl_holds`` and the state ``mail.sasl_hold`` (highstate,
+schedule) makes a host that missed the push catch up, also after a restart.
+
+Alerts through ``mailfleet_alert.send`` (deduplicated, rate-limited): ``account_held``,
+``account_refused``, ``account_released``, ``queue_deferred`` (and ``queue_cleared``).
+
+Runners: ``holds`` (the ledger), ``release``, ``reconcile`` (push the ledger's holds to every
+host now).
+"""
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mailfleet_accounts"
+
+MAX_USERS = 100  # per report (the engine sends at most 100)
+_USER_RE = re.compile(r"^[^\s#:,\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,99}$")
+_LOCK = threading.Lock()
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# --- pure ------------------------------------------------------------------------------------
+
+def valid_user(user):
+    if not isinstance(user, str) or not _USER_RE.match(user):
+        raise ValueError(f"not a SASL user name: {str(user)[:80]!r}")
+    return user.lower()
+
+
+def _count(v):
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10 ** 9 else 0
+
+
+def check_outbound(payload):
+    """([(user, {"messages", "recipients", "window", "ips"})], refusals) from a report."""
+    entries = payload.get("outbound") or []
+    if not isinstance(entries, list):
+        return [], [("outbound", "not a list")]
+    if len(entries) > MAX_USERS:
+        return [], [("outbound", f"{len(entries)} users in one report (max {MAX_USERS})")]
+    out, refused, seen = [], [], set()
+    for e in entries:
+        if not isinstance(e, dict):
+            refused.append((repr(e)[:80], "entry is not a mapping"))
+            continue
+        try:
+            user = valid_user(e.get("user"))
+        except ValueError as exc:
+            refused.append((repr(e.get("user"))[:80], str(exc)))
+            continue
+        if user in seen:
+            continue
+        seen.add(user)
+        ips = [str(i)[:64] for i in (e.get("ips") or [])[:5]] if isinstance(e.get("ips"), list) else []
+        out.append((user, {"messages": _count(e.get("messages")), "recipients": _count(e.get("recipients")),
+                           "window": _count(e.get("window")), "ips": ips}))
+    return out, refused
+
+
+def decide(users, current):
+    """Actions for reported users given the holds in force ({user: mode}).
+
+    [(user, new mode, info)]: "hold" for a user not held, "refuse" for one held that is
+    reported again (it kept sending), nothing for one already refused."""
+    actions = []
+    for user, info in users:
+        mode = current.get(user)
+        if mode is None:
+            actions.append((user, "hold", info))
+        elif mode == "hold":
+            actions.append((user, "refuse", info))
+    return actions
+
+
+def check_queue(payload):
+    """The report's queue part, validated, or None."""
+    q = payload.get("queue")
+    if q is None:
+        return None
+    if not isinstance(q, dict) or q.get("state") not in ("over", "cleared"):
+        raise ValueError("queue part is not {state: over|cleared, ...}")
+    return {"state": q["state"], "deferred": _count(q.get("deferred")), "oldest": _count(q.get("oldest")),
+            "hold": _count(q.get("hold")), "truncated": bool(q.get("truncated")),
+            "thresholds": {k: _count((q.get("thresholds") or {}).get(k)) for k in ("deferred", "age")}
+            if isinstance(q.get("thresholds"), dict) else {}}
+
+
+# --- ledger ----------------------------------------------------------------------------------
+
+class Holds:
+    """Table ``sasl_holds`` in the ledger file: one row per hold episode of a user."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS sasl_holds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL, mode TEXT NOT NULL, reporter TEXT NOT NULL, reason TEXT NOT NULL,
+        created REAL NOT NULL, updated REAL NOT NULL,
+        released REAL, released_by TEXT);
+    CREATE INDEX IF NOT EXISTS sasl_holds_user ON sasl_holds(user, released);
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(self.SCHEMA)
+        try:
+            os.chmod(self.path, 0o600)
+        except OSError:  # pragma: no cover
+            pass
+
+    def close(self):
+        self.db.close()
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def current(self):
+        return {r["user"]: r["mode"] for r in self.db.execute(
+            "SELECT user, mode FROM sasl_holds WHERE released IS NULL ORDER BY id")}
+
+    def apply(self, actions, reporter, now):
+        for user, mode, info in actions:
+            reason = json.dumps(info, sort_keys=True)
+            if mode == "hold":
+                self.db.execute("INSERT INTO sasl_holds(user, mode, reporter, reason, created, updated)"
+                                " VALUES (?,?,?,?,?,?)", (user, mode, reporter, reason, now, now))
+            else:
+                self.db.execute("UPDATE sasl_holds SET mode=?, reason=?, updated=? WHERE user=? AND released IS NULL",
+                                (mode, reason, now, user))
+
+    def release(self, user, now, who):
+        return self.db.execute("UPDATE sasl_holds SET released=?, released_by=? WHERE user=? AND released IS NULL",
+                               (now, who, user)).rowcount
+
+    def rows(self, include_all=False):
+        where = "" if include_all else " WHERE released IS NULL"
+        return [dict(r) for r in self.db.execute(f"SELECT * FROM sasl_holds{where} ORDER BY id")]
+
+
+def pillar_holds(db):
+    """{user: mode} in force, from an open sqlite connection (for the ext_pillar)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sasl_holds'").fetchone():
+        return {}
+    return {r[0]: r[1] for r in db.execute("SELECT user, mode FROM sasl_holds WHERE released IS NULL ORDER BY id")}
+
+
+# --- Salt glue -------------------------------------------------------------------------------
+
+def _ledger_path():
+    opts = __opts__  # noqa: F821
+    return opts.get("mailfleet_ledger") or os.path.join(opts["cachedir"], "mailfleet", "ledger.sqlite")
+
+
+def _target():
+    conf = __opts__.get("mailfleet_defense") or {}  # noqa: F821
+    return conf.get("target", "*"), conf.get("tgt_type", "glob")
+
+
+def _alert(kind, subject, message, details=None, severity="warning"):
+    try:
+        return __salt__["mailfleet_alert.send"](kind, subject, message, details=details, severity=severity)  # noqa: F821
+    except Exception:  # pylint: disable=broad-except
+        log.exception("mailfleet_accounts: alert %s/%s failed", kind, subject)
+        return None
+
+
+def _push(holds, release=None, timeout=60):
+    """mailfleet_sasl_hold.sync on every fleet host, waited for: {host: result}."""
+    import salt.client
+    tgt, tgt_type = _target()
+    client = salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+    kwarg = {"holds": holds}
+    if release:
+        kwarg["release"] = release
+    try:
+        return client.cmd(tgt, "mailfleet_sasl_hold.sync", kwarg=kwarg, tgt_type=tgt_type, timeout=timeout)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.exception("mailfleet_accounts: push failed")
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def _summary(ret):
+    out = {}
+    for host, res in (ret or {}).items():
+        if isinstance(res, dict) and res.get("result") is True:
+            out[host] = {k: v for k, v in (res.get("changes") or {}).items() if k != "map"} or "ok"
+        else:
+            out[host] = f"failed: {str(res)[:200]}"
+    return out
+
+
+def outbound(minion, payload):
+    """The reactor path (called by mailfleet_defense.report with a checked report):
+    hold / refuse the users over the threshold. Returns what was done."""
+    users, refused = check_outbound(payload)
+    for item, why in refused:
+        log.warning("mailfleet_accounts: outbound entry %s from %s refused: %s", item, minion, why)
+    if not users:
+        return {"held": [], "refused": [], "invalid": [list(r) for r in refused]}
+    now = time.time()
+    with _LOCK:
+        led = Holds(_ledger_path())
+        try:
+            with led:
+                actions = decide(users, led.current())
+                led.apply(actions, minion, now)
+                holds = led.current()
+        finally:
+            led.close()
+        pushed = _summary(_push(holds)) if actions else {}
+    for user, mode, info in actions:
+        what = ("accepted onto the hold queue (deferred, not bounced) until released"
+                if mode == "hold" else "refused with 450 4.7.1 (it kept sending while held)")
+        _alert(f"account_{'held' if mode == 'hold' else 'refused'}", user,
+               f"SASL user {user} sent {info['messages']} messages / {info['recipients']} recipients in "
+               f"{info['window']} s through {minion}: its outbound mail is {what}. "
+               f"Release: salt-run mailfleet_accounts.release user={user}",
+               details=dict(info, host=minion, mode=mode, hosts=pushed), severity="critical")
+    log.warning("mailfleet_accounts: %s", ", ".join(f"{u} -> {m}" for u, m, _ in actions) or "no change")
+    return {"held": [u for u, m, _ in actions if m == "hold"], "refused": [u for u, m, _ in actions if m == "refuse"],
+            "hosts": pushed, "invalid": [list(r) for r in refused]}
+
+
+def queue(minion, payload):
+    """The queue part of a report: alert (deduplicated by mailfleet_alert)."""
+    try:
+        q = check_queue(payload)
+    except ValueError as exc:
+        log.warning("mailfleet_accounts: queue report from %s refused: %s", minion, exc)
+        return {"invalid": str(exc)}
+    if q is None:
+        return None
+    if q["state"] == "over":
+        _alert("queue_deferred", minion,
+               f"{minion}: {q['deferred']} deferred messages, the oldest {q['oldest'] // 60} min old "
+               f"(thresholds {q['thresholds'].get('deferred')} / {q['thresholds'].get('age')} s); "
+               f"{q['hold']} on hold", details=dict(q, host=minion))
+    else:
+        _alert("queue_cleared", minion, f"{minion}: deferred queue back under the thresholds "
+               f"({q['deferred']} deferred)", details=dict(q, host=minion), severity="info")
+    return q
+
+
+def release(user, who="runner"):
+    """End the hold of ``user`` in the ledger and on every host; its held mail is delivered."""
+    user = valid_user(user)
+    now = time.time()
+    with _LOCK:
+        led = Holds(_ledger_path())
+        try:
+            with led:
+                n = led.release(user, now, who)
+                holds = led.current()
+        finally:
+            led.close()
+        pushed = _summary(_push(holds, release=[user], timeout=120))
+    if n:
+        _alert("account_released", user, f"outbound mail of SASL user {user} released by {who}; held messages "
+               "delivered", details={"hosts": pushed}, severity="info")
+    return {"user": user, "released": n, "hosts": pushed}
+
+
+def reconcile():
+    """Push the ledger's holds to every host now (the hosts' schedule does it anyway)."""
+    led = Holds(_ledger_path())
+    try:
+        holds = led.current()
+    finally:
+        led.close()
+    return {"holds": holds, "hosts": _summary(_push(holds))}
+
+
+def holds(all=False):  # pylint: disable=redefined-builtin
+    """The ledger: holds in force (``all=True``: every episode, released ones too)."""
+    led = Holds(_ledger_path())
+    try:
+        rows = led.rows(include_all=bool(all))
+    finally:
+        led.close()
+    for r in rows:
+        r["reason"] = json.loads(r["reason"])
+        for k in ("created", "updated", "released"):
+            if r.get(k):
+                r[k] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r[k]))
+    return rows
