@@ -79,7 +79,7 @@ _SHARED = sys.modules.setdefault("_mailfleet_domains_wire_cache",
                                  types.ModuleType("_mailfleet_domains_wire_cache"))
 if not hasattr(_SHARED, "files"):
     _SHARED.files = {}
-    _SHARED.disk_loaded = set()
+    _SHARED.disk = {}  # cache file -> (its mtime_ns, its entries), as last read
 _CACHE = _SHARED.files
 
 
@@ -124,11 +124,17 @@ def as_written(wire):
     return out
 
 
-def _domains_in(path):
+def _domains_in(path, disk=None, counts=None):
     stat = os.stat(path)
     cached = _CACHE.get(path)
     if cached and cached[0] == stat.st_mtime_ns and cached[1] == stat.st_size:
         return cached[2]
+    stored = (disk or {}).get(path)
+    if stored and stored[0] == stat.st_mtime_ns and stored[1] == stat.st_size:
+        _CACHE[path] = tuple(stored)  # another worker parsed it already
+        return stored[2]
+    if counts is not None:
+        counts["parsed"] += 1
     with open(path, "rb") as handle:
         data = yaml.load(handle, Loader=_Loader) or {}
     domains = ((data.get("mailfleet") or {}).get("domains") or {}) if isinstance(data, dict) else {}
@@ -145,26 +151,33 @@ def _disk_cache_path(folder, cachedir):
     return os.path.join(cachedir, "mailfleet_domains", f"{digest}.msgpack")
 
 
-def _load_disk_cache(folder, cachedir):
-    """Seed the process cache from the folder's cache file, once per process; entries are
-    still checked against each file's (mtime, size) before use."""
-    if not cachedir or msgpack is None or (folder, cachedir) in _SHARED.disk_loaded:
-        return
-    _SHARED.disk_loaded.add((folder, cachedir))
+def _disk_entries(folder, cachedir):
+    """{path: [mtime_ns, size, domains]} from the folder's cache file, re-read whenever
+    another worker has rewritten it (so 10,000 new files are parsed by one worker, not by
+    each); a file's entry is used only while its (mtime, size) still match."""
+    if not cachedir or msgpack is None:
+        return {}
+    target = _disk_cache_path(folder, cachedir)
     try:
-        with open(_disk_cache_path(folder, cachedir), "rb") as handle:
-            entries = msgpack.unpackb(handle.read(), raw=False, strict_map_key=False)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        mtime = os.stat(target).st_mtime_ns
+    except OSError:
+        return {}
+    seen = _SHARED.disk.get(target)
+    if seen and seen[0] == mtime:
+        return seen[1]
+    entries = {}
+    try:
+        with open(target, "rb") as handle:
+            raw = msgpack.unpackb(handle.read(), raw=False, strict_map_key=False)
+        for path, (mtime_ns, size, domains) in (raw or {}).items():
+            if all(isinstance(w, list) and len(w) == 3 for w in domains.values()):
+                entries[path] = (mtime_ns, size, domains)
+    except (OSError, ValueError, TypeError, AttributeError,
+            msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
         log.warning("mailfleet_domains: parse cache of %s unusable (%s); re-parsing", folder, err)
-        return
-    try:
-        for path, (mtime_ns, size, domains) in (entries or {}).items():
-            if path not in _CACHE and all(isinstance(w, list) and len(w) == 3 for w in domains.values()):
-                _CACHE[path] = (mtime_ns, size, domains)
-    except (TypeError, ValueError, AttributeError) as err:
-        log.warning("mailfleet_domains: parse cache of %s has another layout (%s); re-parsing", folder, err)
+        entries = {}
+    _SHARED.disk[target] = (mtime, entries)
+    return entries
 
 
 def _save_disk_cache(folder, cachedir):
@@ -192,8 +205,8 @@ def domains_for(minion_id, folder, cachedir=None):
     """{domain: wire form} of every domain file in ``folder`` whose ``hosts`` names
     ``minion_id``. ``cachedir``: where to keep the parse cache between processes (None:
     memory only)."""
-    served, seen, parsed = {}, set(), 0
-    _load_disk_cache(folder, cachedir)
+    served, seen, counts = {}, set(), {"parsed": 0}
+    disk = _disk_entries(folder, cachedir)
     try:
         names = sorted(os.listdir(folder))
     except OSError as err:
@@ -205,9 +218,7 @@ def domains_for(minion_id, folder, cachedir=None):
         path = os.path.join(folder, name)
         seen.add(path)
         try:
-            before = _CACHE.get(path)
-            domains = _domains_in(path)
-            parsed += _CACHE.get(path) is not before
+            domains = _domains_in(path, disk, counts)
         except (OSError, yaml.YAMLError) as err:
             # A broken file must not hand a host a partial view silently: say which file.
             log.error("mailfleet_domains: %s unreadable (%s); its domains are left out", path, err)
@@ -219,8 +230,8 @@ def domains_for(minion_id, folder, cachedir=None):
     for gone in set(_CACHE) - seen:
         if os.path.dirname(gone) == folder:
             del _CACHE[gone]
-            parsed += 1
-    if parsed:
+            counts["parsed"] += 1
+    if counts["parsed"] or set(disk) - seen:
         _save_disk_cache(folder, cachedir)
     return served
 

@@ -329,7 +329,7 @@ def ext_pillar_alone(n_domains: int) -> dict:
         mod = fresh_copy()
         if forget:  # a new worker process: nothing parsed in memory yet
             mod._SHARED.files.clear()
-            mod._SHARED.disk_loaded.clear()
+            mod._SHARED.disk.clear()
         t0 = time.monotonic()
         out = mod.ext_pillar(MINION, {}, path=paths, cachedir=cachedir)
         secs = time.monotonic() - t0

@@ -110,7 +110,7 @@ def _count_yaml_parses(monkeypatch):
 def _forget_process_cache(folder):
     for path in [p for p in ext._CACHE if p.startswith(str(folder))]:
         del ext._CACHE[path]
-    ext._SHARED.disk_loaded.clear()
+    ext._SHARED.disk.clear()
 
 
 def test_a_fresh_copy_of_the_module_does_not_parse_the_files_again(tmp_path, monkeypatch):
@@ -196,3 +196,30 @@ def test_a_domain_json_cannot_carry_is_sent_as_written(tmp_path):
     got = ext.ext_pillar("mail02.lab.test", {}, path=str(tmp_path), pack_over=20)
     assert got["mailfleet"]["domains"]["odd.test"]["mailboxes"] == {123: {"password": "x"}}
     assert "packed_json" in got["mailfleet"]["domains"]["d0.test"]
+
+
+def test_a_worker_that_read_the_disk_cache_before_takes_what_another_parsed_since(tmp_path, monkeypatch):
+    folder, cache = tmp_path / "domains", tmp_path / "cache"
+    folder.mkdir()
+    write(folder, "a.test.yaml", DOMAIN_A)
+    ext.ext_pillar("mail01.lab.test", {}, path=str(folder), cachedir=str(cache))  # this worker, warm
+    ext.ext_pillar("mail01.lab.test", {}, path=str(folder), cachedir=str(cache))  # has read the cache file
+    assert ext._SHARED.disk
+    mine = {p: v for p, v in ext._CACHE.items() if p.startswith(str(folder))}
+    mine_disk = dict(ext._SHARED.disk)  # the cache file as this worker last read it
+
+    # another worker parses a new file and rewrites the cache file
+    _forget_process_cache(folder)
+    path_b = write(folder, "b.test.yaml", DOMAIN_B)
+    ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
+    (cache_file,) = (cache / "mailfleet_domains").iterdir()
+    os.utime(cache_file, ns=(10**18, 10**18))  # a rewrite the first worker has not seen
+
+    # back in the first worker: its memory knows a.test only, the disk knows b.test too
+    _forget_process_cache(folder)
+    ext._CACHE.update(mine)
+    ext._SHARED.disk.update(mine_disk)
+    parses = _count_yaml_parses(monkeypatch)
+    got = ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
+    assert sorted(got["mailfleet"]["domains"]) == ["a.test", "b.test"] and parses == []
+    assert str(path_b) in ext._CACHE
