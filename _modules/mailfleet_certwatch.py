@@ -90,7 +90,9 @@ def cert_info(blob):
         names = sorted(san.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
         names = []
-    return {"serial": format(cert.serial_number, "X"), "sha256": hashlib.sha256(der).hexdigest(),
+    serial = format(cert.serial_number, "X")
+    serial = "0" * (len(serial) % 2) + serial  # as openssl x509 -serial prints it
+    return {"serial": serial, "sha256": hashlib.sha256(der).hexdigest(),
             "not_after": not_after, "names": names}
 
 

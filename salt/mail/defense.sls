@@ -24,6 +24,16 @@
 {%- set conf_dir = salt["file.dirname"](opts["conf_file"]) ~ "/minion.d" %}
 {%- set dnsbl = salt["pillar.get"]("mailfleet:dnsbl", {}) %}
 {%- set dnsbl = {} if dnsbl is none else dnsbl %}
+{#- The engine's certificate thread (_modules/mailfleet_certwatch.py): pillar
+    mailfleet:defense:cert_* (threshold_days 21, interval 3600, repeat 86400, lineages
+    [myhostname], ports {25: starttls, 587: starttls, 993: tls}); cert_watch: false turns it off. #}
+{%- set certs = {"lineages": [mf.host.myhostname], "live_dir": mf.lookup.letsencrypt_dir ~ "/live"} %}
+{%- for k, v in d.items() if k.startswith("cert_") and k != "cert_watch" %}
+{%-   do certs.update({k[5:]: v}) %}
+{%- endfor %}
+{%- if "mailfleet_certwatch.settings" in salt %}
+{%-   do salt["mailfleet_certwatch.settings"](certs, mf.host.myhostname) %}{#- bad pillar: error naming the key #}
+{%- endif %}
 include:
   - mail.firewall
 
@@ -45,6 +55,9 @@ mailfleet-defense-engine-conf:
 {%- endif %}
 {%- if dnsbl.get("enabled", True) %}
               dnsbl: {{ dnsbl | tojson }}
+{%- endif %}
+{%- if d.get("cert_watch", True) %}
+              certs: {{ certs | tojson }}
 {%- endif %}
 
 {#- The engine config is read at minion start. Restart it only when the file changed, and
