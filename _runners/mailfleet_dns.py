@@ -505,6 +505,73 @@ def _fcrdns(addr, facts):
     return out
 
 
+def policy_verdict(want, status, body, error=None):
+    """``(ok, detail)`` of one fetched MTA-STS policy against the text mailfleet publishes
+    the id of (RFC 8461 3.3: HTTP 200, the same policy; line ends may be CRLF or LF)."""
+    if error:
+        return False, f"not served: {error}"
+    if status != 200:
+        return False, f"HTTP {status}, want 200"
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False, "the policy is not UTF-8 text"
+    if text.replace("\r\n", "\n") != want.replace("\r\n", "\n"):
+        return False, ("served policy differs from the published id's: "
+                       + " / ".join(text.splitlines())[:80])
+    return True, " / ".join(l for l in want.splitlines() if l.startswith(("mode", "mx")))
+
+
+def _fetch_policy(domain, ip, cafile, timeout=10):
+    """``(status, body)`` of https://mta-sts.<domain>/.well-known/mta-sts.txt asked of
+    ``ip`` (name sent as SNI and Host, certificate checked against that name)."""
+    import http.client
+    import socket
+    import ssl
+
+    host = f"mta-sts.{domain.rstrip('.')}"
+    ctx = ssl.create_default_context(cafile=cafile)
+    raw = socket.create_connection((ip, 443), timeout=timeout)
+    try:
+        sock = ctx.wrap_socket(raw, server_hostname=host)
+    except BaseException:
+        raw.close()
+        raise
+    conn = http.client.HTTPSConnection(host, 443, timeout=timeout, context=ctx)
+    conn.sock = sock
+    try:
+        conn.request("GET", "/.well-known/mta-sts.txt", headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read(65536)
+    finally:
+        conn.close()
+
+
+def _mta_sts_policies(desired):
+    """{domain: {"https://mta-sts.<domain>/... @ip": (ok, detail)}} for every domain that
+    publishes MTA-STS: the policy each address of mta-sts.<domain> serves. CA bundle:
+    master setting ``mailfleet_https_cafile`` (the lab sets ``mailfleet_lab_ca``), else
+    the system's."""
+    cafile = __opts__.get("mailfleet_https_cafile") or __opts__.get("mailfleet_lab_ca") or None
+    out = {}
+    for domain, want in sorted(desired.items()):
+        policy = (want.get("files") or {}).get("mta-sts.txt") if "error" not in want else None
+        if not policy:
+            continue
+        zone = want["domain"]
+        ips = [a for rtype in ("A", "AAAA")
+               for a in want["rrsets"].get((f"mta-sts.{zone}", rtype), [])]
+        for ip in ips:
+            where = f"https://mta-sts.{zone.rstrip('.')}/.well-known/mta-sts.txt @{ip}"
+            try:
+                status, body = _fetch_policy(zone, ip, cafile)
+                verdict = policy_verdict(policy, status, body)
+            except Exception as err:  # pylint: disable=broad-except
+                verdict = policy_verdict(policy, None, b"", error=str(err) or type(err).__name__)
+            out.setdefault(domain, {})[where] = verdict
+    return out
+
+
 def verify(tgt="*mail*", tgt_type="glob", domains=None):
     """
     What the world sees, record by record: every owned and checked record of every
@@ -535,6 +602,11 @@ def verify(tgt="*mail*", tgt_type="glob", domains=None):
         results[domain] = {"diff": records.diff(want, observed)}
     fcrdns = _fcrdns(addr, facts)
     rows, bad = verify_rows(results, fcrdns)
+    policies = _mta_sts_policies(desired)
+    for domain, checks in sorted(policies.items()):
+        for where, (ok, detail) in sorted(checks.items()):
+            rows.append((domain, where, "POLICY", "ok" if ok else "WRONG", detail))
+            bad += 0 if ok else 1
     _show(_render(("DOMAIN/HOST", "NAME", "TYPE", "RESULT", "DETAIL"), rows)
           + f"\n{len(rows) - bad} ok, {bad} problem(s)")
     __context__["retcode"] = 1 if bad else 0
@@ -548,4 +620,6 @@ def verify(tgt="*mail*", tgt_type="glob", domains=None):
                                           for e in v] for k, v in res["diff"].items()}
     out["fcrdns"] = {h: {ip: {"ok": ok, "detail": d} for ip, (ok, d) in chk.items()}
                      for h, chk in fcrdns.items()}
+    out["mta_sts"] = {d: {w: {"ok": ok, "detail": t} for w, (ok, t) in chk.items()}
+                      for d, chk in policies.items()}
     return out

@@ -142,3 +142,16 @@ def test_unreadable_dkim_state_is_an_error_naming_the_setting_and_nothing_is_bui
         err = out[domain]["error"]
         assert err.startswith(f"mailfleet_dkim_dir ({tmp_path}): DKIM state of {domain} {what}")
         assert str(tmp_path / domain / "state.json") in err
+
+
+def test_verify_compares_the_served_policy_with_the_published_one(tmp_path):
+    runner = _runner(tmp_path)
+    want = "version: STSv1\r\nmode: testing\r\nmx: mail01.lab.test\r\nmax_age: 86400\r\n"
+    ok, detail = runner.policy_verdict(want, 200, want.encode())
+    assert ok and "mode: testing" in detail and "mx: mail01.lab.test" in detail
+    assert runner.policy_verdict(want, 200, want.replace("\r\n", "\n").encode())[0]  # LF allowed
+    assert runner.policy_verdict(want, 404, b"")[1] == "HTTP 404, want 200"
+    ok, detail = runner.policy_verdict(want, 200, want.replace("testing", "enforce").encode())
+    assert not ok and "differs" in detail
+    ok, detail = runner.policy_verdict(want, None, b"", error="certificate verify failed")
+    assert not ok and detail == "not served: certificate verify failed"
