@@ -47,7 +47,7 @@ def __virtual__():
 
 def valid_user(user):
     """Lower-case SASL user name fit for a map key, or raise ValueError."""
-    if not isinstance(user, str) or not _USER_RE.match(user):
+    if not isinstance(user, str) or not _USER_RE.fullmatch(user):
         raise ValueError(f"not a SASL user name: {str(user)[:80]!r}")
     return user.lower()
 

@@ -56,7 +56,7 @@ def __virtual__():
 # --- pure ------------------------------------------------------------------------------------
 
 def valid_user(user):
-    if not isinstance(user, str) or not _USER_RE.match(user):
+    if not isinstance(user, str) or not _USER_RE.fullmatch(user):
         raise ValueError(f"not a SASL user name: {str(user)[:80]!r}")
     return user.lower()
 

@@ -1,0 +1,276 @@
+"""Compromised accounts and the queue (issue 6): the runner's decisions (mailfleet_accounts:
+untrusted outbound entries, hold -> refuse -> release, the ledger on a real sqlite file, the
+ext_pillar's view of it), the report path in mailfleet_defense (accounts before addresses),
+the host side's pure parts (mailfleet_sasl_hold: map text, what is held and released) and
+the queue module (mailfleet_queue: postqueue -j parsing, bounds, thresholds, transitions),
+with a real subprocess standing in for postqueue only where the bound is what is tested."""
+import json
+import sqlite3
+import sys
+
+import pytest
+
+import mailfleet_accounts as acc
+import mailfleet_bans as ext
+import mailfleet_defense as d
+import mailfleet_queue as mq
+import mailfleet_sasl_hold as sh
+
+H1 = "mail01.lab.test"
+ALICE = "alice@example-a.test"
+
+
+def outbound_report(*users, host=H1, **extra):
+    return {"host": host, "offenders": [], **extra,
+            "outbound": [{"user": u, "messages": 250, "recipients": 600, "window": 3600,
+                          "ips": ["198.18.0.100"]} for u in users]}
+
+
+# --- runner: validation and decisions ----------------------------------------------------------
+
+def test_outbound_entries_are_validated_one_by_one():
+    rep = outbound_report(ALICE, "Bob@Example-B.test", "x y", "#comment", "a" * 101, "ok\nuser", "", None, ALICE,
+                         "eve@x\n")
+    rep["outbound"].append("not a mapping")
+    users, refused = acc.check_outbound(rep)
+    assert [u for u, _i in users] == [ALICE, "bob@example-b.test"]  # lower-cased, deduplicated
+    assert users[0][1] == {"messages": 250, "recipients": 600, "window": 3600, "ips": ["198.18.0.100"]}
+    assert len(refused) == 8
+
+
+def test_outbound_counts_that_are_not_numbers_become_zero_and_size_is_bounded():
+    rep = {"host": H1, "outbound": [{"user": ALICE, "messages": "9; rm -rf /", "recipients": True,
+                                     "window": -1, "ips": "1.2.3.4"}]}
+    (user, info), = acc.check_outbound(rep)[0]
+    assert info == {"messages": 0, "recipients": 0, "window": 0, "ips": []}
+    users, refused = acc.check_outbound({"outbound": [{"user": f"u{i}@x"} for i in range(acc.MAX_USERS + 1)]})
+    assert users == [] and "max" in refused[0][1]
+    assert acc.check_outbound({"outbound": "alice"}) == ([], [("outbound", "not a list")])
+
+
+def test_decide_holds_first_then_refuses_a_user_that_keeps_sending():
+    users = [(ALICE, {}), ("bob@example-b.test", {}), ("carol@example-a.test", {})]
+    current = {"bob@example-b.test": "hold", "carol@example-a.test": "refuse"}
+    assert acc.decide(users, current) == [(ALICE, "hold", {}), ("bob@example-b.test", "refuse", {})]
+    assert acc.decide([], current) == []
+
+
+def test_queue_part_is_validated():
+    assert acc.check_queue({"host": H1}) is None
+    q = acc.check_queue({"queue": {"state": "over", "deferred": 250, "oldest": 20000, "hold": 3,
+                                   "thresholds": {"deferred": 200, "age": 14400}, "junk": "x" * 10}})
+    assert q == {"state": "over", "deferred": 250, "oldest": 20000, "hold": 3, "truncated": False,
+                 "thresholds": {"deferred": 200, "age": 14400}}
+    for bad in ({"state": "boom"}, "over", {"deferred": 1}):
+        with pytest.raises(ValueError):
+            acc.check_queue({"queue": bad})
+
+
+# --- runner: ledger, alerts, release (the host push replaced by a recorder) --------------------
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    ledger = tmp_path / "ledger.sqlite"
+    monkeypatch.setattr(acc, "__opts__", {"mailfleet_ledger": str(ledger), "cachedir": str(tmp_path)}, raising=False)
+    pushed, alerted = [], []
+    monkeypatch.setattr(acc, "_push", lambda holds, release=None, timeout=60: (
+        pushed.append((dict(holds), release)) or {H1: {"result": True, "changes": {}},
+                                                  "mail02.lab.test": {"result": True, "changes": {}}}))
+    monkeypatch.setattr(acc, "_alert", lambda kind, subject, message, details=None, severity="warning":
+                        alerted.append((kind, subject, severity, details)))
+    return {"ledger": ledger, "pushed": pushed, "alerted": alerted}
+
+
+def test_hold_refuse_release_recorded_pushed_and_alerted(runner):
+    ret = acc.outbound(H1, outbound_report(ALICE))
+    assert ret["held"] == [ALICE] and ret["refused"] == []
+    assert runner["pushed"][-1] == ({ALICE: "hold"}, None)
+    kind, subject, severity, details = runner["alerted"][-1]
+    assert (kind, subject, severity) == ("account_held", ALICE, "critical")
+    assert details["host"] == H1 and details["messages"] == 250 and details["mode"] == "hold"
+
+    ret = acc.outbound(H1, outbound_report(ALICE))  # reported again while held
+    assert ret["refused"] == [ALICE]
+    assert runner["pushed"][-1] == ({ALICE: "refuse"}, None)
+    assert runner["alerted"][-1][0] == "account_refused"
+    n = len(runner["pushed"])
+    acc.outbound(H1, outbound_report(ALICE))  # already refused: nothing more to do
+    assert len(runner["pushed"]) == n
+
+    rows = acc.holds()
+    assert len(rows) == 1 and rows[0]["user"] == ALICE and rows[0]["mode"] == "refuse"
+    assert rows[0]["reporter"] == H1 and rows[0]["reason"]["recipients"] == 600
+
+    ret = acc.release("Alice@Example-A.test")
+    assert ret["user"] == ALICE and ret["released"] == 1
+    assert runner["pushed"][-1] == ({}, [ALICE])  # hold gone everywhere, its held mail released
+    assert runner["alerted"][-1][0] == "account_released"
+    assert acc.holds() == []
+    (row,) = acc.holds(all=True)
+    assert row["released_by"] == "runner" and row["released"]
+    # a later crossing is a new episode
+    acc.outbound(H1, outbound_report(ALICE))
+    assert [r["mode"] for r in acc.holds(all=True)] == ["refuse", "hold"]
+
+
+def test_release_of_a_user_not_held_still_releases_on_the_hosts_and_checks_the_name(runner):
+    ret = acc.release(ALICE)
+    assert ret["released"] == 0 and runner["pushed"][-1] == ({}, [ALICE])
+    assert not runner["alerted"]
+    with pytest.raises(ValueError):
+        acc.release("alice example")
+
+
+def test_ledger_survives_reopening_and_the_ext_pillar_hands_the_holds(runner, monkeypatch):
+    acc.outbound(H1, outbound_report(ALICE, "bob@example-b.test"))
+    acc.outbound(H1, outbound_report("bob@example-b.test"))
+    monkeypatch.setattr(ext, "__opts__", {"mailfleet_ledger": str(runner["ledger"]), "cachedir": "/nonexistent"},
+                        raising=False)
+    for minion in (H1, "mail02.lab.test"):  # fleet-wide
+        assert ext.ext_pillar(minion, {})["mailfleet_sasl_holds"] == {ALICE: "hold", "bob@example-b.test": "refuse"}
+    acc.release(ALICE)
+    assert ext.ext_pillar(H1, {})["mailfleet_sasl_holds"] == {"bob@example-b.test": "refuse"}
+    db = sqlite3.connect(runner["ledger"])
+    assert acc.pillar_holds(db) == {"bob@example-b.test": "refuse"}
+
+
+def test_ext_pillar_without_a_ledger_hands_no_holds(tmp_path, monkeypatch):
+    monkeypatch.setattr(ext, "__opts__", {"mailfleet_ledger": str(tmp_path / "none.sqlite"), "cachedir": str(tmp_path)},
+                        raising=False)
+    assert ext.ext_pillar(H1, {})["mailfleet_sasl_holds"] == {}
+
+
+# --- mailfleet_defense.report: accounts before any address ----------------------------------------
+
+def test_report_hands_outbound_and_queue_to_the_accounts_runner_before_bans(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(d, "__opts__", {"mailfleet_ledger": str(tmp_path / "l.sqlite"), "cachedir": str(tmp_path)},
+                        raising=False)
+    monkeypatch.setattr(d, "__salt__", {
+        "mailfleet_accounts.outbound": lambda m, p: calls.append(("outbound", m)) or {"held": [ALICE]},
+        "mailfleet_accounts.queue": lambda m, p: calls.append(("queue", m)) or {"state": "over"}}, raising=False)
+    monkeypatch.setattr(d, "_fleet_allow", lambda pol: calls.append(("ips",)) or [])
+    monkeypatch.setattr(d, "_send", lambda pol, items, fun="mailfleet_ban.add": "jid")
+    monkeypatch.setattr(d, "_fire", lambda tag, data: None)
+    payload = outbound_report(ALICE, queue={"state": "over"})
+    payload["offenders"] = [{"ip": "198.19.0.5", "rules": {"relay": 3}}]
+    ret = d.report(H1, payload)
+    assert calls == [("outbound", H1), ("queue", H1), ("ips",)]
+    assert ret["accounts"] == {"outbound": {"held": [ALICE]}, "queue": {"state": "over"}}
+    assert ret["banned"] == ["198.19.0.5"]
+    # a forged host is refused before the accounts runner sees anything
+    calls.clear()
+    assert "refused" in d.report("mail02.lab.test", payload)
+    assert calls == []
+
+
+def test_report_ban_path_survives_a_failing_accounts_runner(tmp_path, monkeypatch):
+    monkeypatch.setattr(d, "__opts__", {"mailfleet_ledger": str(tmp_path / "l.sqlite"), "cachedir": str(tmp_path)},
+                        raising=False)
+
+    def boom(m, p):
+        raise RuntimeError("no minions")
+    monkeypatch.setattr(d, "__salt__", {"mailfleet_accounts.outbound": boom}, raising=False)
+    monkeypatch.setattr(d, "_fleet_allow", lambda pol: [])
+    monkeypatch.setattr(d, "_send", lambda pol, items, fun="mailfleet_ban.add": "jid")
+    payload = outbound_report(ALICE)
+    payload["offenders"] = [{"ip": "198.19.0.6", "rules": {"relay": 3}}]
+    assert d.report(H1, payload)["banned"] == ["198.19.0.6"]
+
+
+# --- host side: the map and what is held / released ------------------------------------------
+
+def test_map_text_round_trips_and_is_stable():
+    holds = {"bob@example-b.test": "refuse", ALICE: "hold"}
+    text = sh.render_map(holds)
+    assert text.splitlines()[1:] == [f"{ALICE}\tHOLD", f"bob@example-b.test\t{sh.REFUSE_TEXT}"]
+    assert sh.REFUSE_TEXT.startswith("450 4.7.1 ")  # deferred by the client, never a bounce
+    assert sh.parse_map(text) == holds and sh.render_map(dict(reversed(list(holds.items())))) == text
+
+
+@pytest.mark.parametrize("bad", [{"a b": "hold"}, {ALICE: "bounce"}, {"#x": "hold"}, ["alice"], {"x\n": "hold"}])
+def test_bad_holds_pillar_names_the_key(bad):
+    with pytest.raises(ValueError, match="mailfleet_sasl_holds"):
+        sh.check_holds(bad)
+
+
+QUEUE = [
+    {"queue_name": "deferred", "queue_id": "A1", "arrival_time": 1000, "sender": "Alice@example-a.test"},
+    {"queue_name": "active", "queue_id": "A2", "arrival_time": 1100, "sender": ALICE},
+    {"queue_name": "hold", "queue_id": "A3", "arrival_time": 1200, "sender": ALICE},
+    {"queue_name": "deferred", "queue_id": "B1", "arrival_time": 900, "sender": "bob@example-b.test"},
+    {"queue_name": "hold", "queue_id": "B2", "arrival_time": 1300, "sender": "bob@example-b.test"},
+    {"queue_name": "incoming", "queue_id": "C1", "arrival_time": 1400, "sender": ""},
+]
+
+
+def test_plan_holds_a_held_users_queued_mail_and_releases_a_released_users_held_mail():
+    p = sh.plan({ALICE: "hold"}, {}, QUEUE)
+    assert p == {"map": True, "hold_ids": ["A1", "A2"], "release_ids": [], "released": []}
+    # bob was in the map and is no longer: his held mail goes (level-triggered release)
+    p = sh.plan({ALICE: "refuse"}, {ALICE: "hold", "bob@example-b.test": "hold"}, QUEUE)
+    assert p["map"] and p["release_ids"] == ["B2"] and p["hold_ids"] == ["A1", "A2"]
+    # explicit release of a user already gone from the map
+    p = sh.plan({}, {}, QUEUE, release=[ALICE])
+    assert p == {"map": False, "hold_ids": [], "release_ids": ["A3"], "released": [ALICE]}
+    # a user held again is never released by a stale release request
+    assert sh.plan({ALICE: "hold"}, {ALICE: "hold"}, QUEUE, release=[ALICE])["release_ids"] == []
+
+
+# --- queue ---------------------------------------------------------------------------------
+
+def test_postqueue_json_lines_summary_and_bounds():
+    lines = [json.dumps(m) for m in QUEUE] + ["", "garbage", json.dumps([1])]
+    msgs, truncated, bad = mq.parse_lines(lines)
+    assert len(msgs) == 6 and not truncated and bad == 2
+    assert mq.summary(msgs, 5000) == {"deferred": 2, "oldest": 4100, "hold": 2, "total": 6}
+    msgs, truncated, _ = mq.parse_lines(lines, max_lines=3)
+    assert len(msgs) == 3 and truncated
+    assert mq.summary([], 5000) == {"deferred": 0, "oldest": 0, "hold": 0, "total": 0}
+
+
+def test_read_queue_is_bounded_in_lines_and_reports_failure(tmp_path):
+    line = json.dumps(QUEUE[0])
+    many = [sys.executable, "-c", f"import sys\nfor i in range(100000): print({line!r})"]
+    msgs, truncated = mq.read_queue(max_lines=50, timeout=20, argv=many)
+    assert len(msgs) == 50 and truncated
+    msgs, truncated = mq.read_queue(argv=[sys.executable, "-c", f"print({line!r})"])
+    assert len(msgs) == 1 and not truncated
+    with pytest.raises(RuntimeError, match="postqueue -j failed"):
+        mq.read_queue(argv=[sys.executable, "-c", "import sys; sys.exit('postqueue: fatal: Queue report unavailable')"])
+
+
+def test_queue_watcher_fires_on_crossing_repeats_and_clears():
+    w = mq.QueueWatcher({"deferred": 2, "age": 3600, "repeat": 600})
+    few = [QUEUE[0]]
+    assert w.round(few, 1500) is None
+    rep = w.round(QUEUE, 1500)  # 2 deferred
+    assert rep["state"] == "over" and rep["deferred"] == 2 and rep["thresholds"] == {"deferred": 2, "age": 3600}
+    assert w.round(QUEUE, 1600) is None  # still over: quiet until `repeat`
+    assert w.round(QUEUE, 2100)["state"] == "over"
+    assert w.round(few, 2200)["state"] == "cleared"
+    assert w.round(few, 2300) is None
+    assert w.round(few, 1000 + 3600)["state"] == "over"  # age alone: the oldest is an hour old
+
+
+def test_queue_settings_errors_name_the_pillar_key():
+    assert mq.queue_settings(None)["deferred"] == 200 and mq.queue_settings({"age": 60})["age"] == 60
+    with pytest.raises(ValueError, match="mailfleet:defense:queue:deferred"):
+        mq.queue_settings({"deferred": "many"})
+    with pytest.raises(ValueError, match="mailfleet:defense:queue:size"):
+        mq.queue_settings({"size": 1})
+
+
+def test_queue_thread_reports_on_the_abuse_tag():
+    import threading
+    w = mq.QueueWatcher({"deferred": 1, "interval": 1})
+    stop = threading.Event()
+    fired = []
+
+    def fire(data, tag):
+        fired.append((tag, data))
+        stop.set()
+    w.run(H1, fire, "mailfleet/abuse/report", stop=stop, reader=lambda n, t: (QUEUE, False))
+    (tag, data), = fired
+    assert tag == "mailfleet/abuse/report" and data["host"] == H1 and data["offenders"] == []
+    assert data["queue"]["state"] == "over" and data["queue"]["deferred"] == 2
