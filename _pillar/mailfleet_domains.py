@@ -79,6 +79,7 @@ _SHARED = sys.modules.setdefault("_mailfleet_domains_wire_cache",
                                  types.ModuleType("_mailfleet_domains_wire_cache"))
 if not hasattr(_SHARED, "files"):
     _SHARED.files = {}
+if not hasattr(_SHARED, "disk"):  # a worker that loaded an older version of this module has files only
     _SHARED.disk = {}  # cache file -> (its mtime_ns, its entries), as last read
 _CACHE = _SHARED.files
 
