@@ -5,7 +5,9 @@ include:
   - mail.packages
   - mail.database
   - mail.tls
+  - mail.mtasts       # MTA-STS policies over HTTPS for domains with dns:mta_sts
   - mail.postfix
+  - mail.outbound_hold   # hold mail to other domains while FCrDNS fails (mailfleet:deliverability:hold_outbound_on_bad_ptr)
   - mail.dovecot
   - mail.rspamd
   - mail.firewall

@@ -123,13 +123,14 @@ def test_every_sls_renders_and_every_template_is_rendered(freebsd):
     sls = {body["__sls__"] for body in freebsd.high.values()}
     assert sls == {"mail.validate", "mail.packages", "mail.database", "mail.tls", "mail.postfix",
                    "mail.dovecot", "mail.rspamd", "mail.firewall", "mail.defense", "mail.dnsbl",
-                   "mail.vusers", "mail.webmail"}
+                   "mail.vusers", "mail.webmail", "mail.mtasts", "mail.outbound_hold"}
     templated = {c[3]["source"] for c in freebsd.salt.file_templates(freebsd.high)}
     assert templated == {
         "salt://mail/files/postfix-main.cf.jinja", "salt://mail/files/postfix-master.cf.jinja",
         "salt://mail/files/postfix-sql.cf.jinja", "salt://mail/files/dovecot-2.3.conf.jinja",
         "salt://mail/files/dovecot-sql.conf.ext.jinja", "salt://mail/files/nginx-mailfleet.conf.jinja",
         "salt://mail/files/pf.conf.jinja", "salt://mail/files/rspamd-local.conf.jinja",
+        "salt://mail/files/nginx-mta-sts.conf.jinja",   # mail.mtasts (no domain with it here)
         # mail.webmail: the lab pillar switches Roundcube and PostfixAdmin on for mail01
         "salt://mail/files/php-fpm-pool.conf.jinja", "salt://mail/files/nginx-webmail.conf.jinja",
         "salt://mail/files/roundcube-config.inc.php.jinja",
