@@ -75,7 +75,26 @@ def test_verify_reports_the_mta_sts_records_green(lab, sts_served):
     assert mine <= {(e["name"], e["type"]) for e in rows["ok"]}, out[-3000:]
     for kind in ("missing", "wrong", "extra"):
         assert not mine & {(e["name"], e["type"]) for e in rows[kind]}, out[-3000:]
-    assert "v=STSv1; id=" in out and "ok" in out
+    # and the policy each address of mta-sts.<domain> serves is the published one.
+    (served,) = ret["mta_sts"][DOMAIN].values()
+    assert served["ok"] and "mode: testing" in served["detail"], out[-3000:]
+
+
+def test_a_policy_changed_by_hand_is_reported_and_the_state_puts_it_back(lab, sts_served):
+    path = f"/var/www/mta-sts/{DOMAIN}/.well-known/mta-sts.txt"
+    lab.run("mail01", "sed", "-i", "s/^mode: testing/mode: enforce/", path)
+    try:
+        code, ret, out = salt_run("mailfleet_dns.verify", f"domains={DOMAIN}")
+        assert code != 0 and ret and not ret["ok"], out[-3000:]
+        (served,) = ret["mta_sts"][DOMAIN].values()
+        assert not served["ok"] and "differs" in served["detail"], served
+    finally:
+        fixed = lab.salt(HOST, "state.apply", "mail.mtasts", timeout=600)
+    assert not state_failures(fixed)
+    assert [c for c in state_changes(fixed) if "mailfleet-mta-sts-policy" in c]
+    code, ret, out = salt_run("mailfleet_dns.verify", f"domains={DOMAIN}")
+    (served,) = ret["mta_sts"][DOMAIN].values()
+    assert served["ok"], out[-3000:]
 
 
 def test_reapplying_changes_nothing_and_test_mode_too(lab, sts_served):
