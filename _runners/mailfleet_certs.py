@@ -90,8 +90,12 @@ def check_event(payload, sender, lineages):
         disk = it.get("disk") if isinstance(it.get("disk"), dict) else {}
         serial = disk.get("serial")
         serial = serial if isinstance(serial, str) and re.fullmatch(r"[0-9A-F]{1,64}", serial) else None
+        served = it.get("served") if isinstance(it.get("served"), dict) else {}
+        stale = sorted({v.get("serial") for v in list(served.values())[:16] if isinstance(v, dict)
+                        and isinstance(v.get("serial"), str) and re.fullmatch(r"[0-9A-F]{1,64}", v["serial"])
+                        and v["serial"] != serial})
         out.append({"name": name, "problems": sorted(set(probs)), "disk_serial": serial,
-                    "report": str(it.get("report") or "")[:20]})
+                    "served_serials": stale[:4], "report": str(it.get("report") or "")[:20]})
     return out
 
 
@@ -298,7 +302,9 @@ def problem(minion=None, payload=None):
         with _LOCK:
             led = Ledger(_ledger_path())
             try:
-                rid = led.claim(minion, name, action, reason, minion, now, it["disk_serial"], conf["cooldown"])
+                # the serial being replaced: on disk for a renewal, the one still served for a reload
+                old = it["disk_serial"] if action == "renew" else ",".join(it["served_serials"]) or it["disk_serial"]
+                rid = led.claim(minion, name, action, reason, minion, now, old, conf["cooldown"])
                 last = led.last_attempt(minion, name, action)
             finally:
                 led.close()
@@ -321,7 +327,7 @@ def problem(minion=None, payload=None):
         finally:
             led.close()
         details = {"host": minion, "lineage": name, "action": action, "problems": probs,
-                   "old_serial": it["disk_serial"], "new_serial": new_serial, "served": lin.get("served") if lin else None}
+                   "old_serial": old, "new_serial": new_serial, "served": lin.get("served") if lin else None}
         if ok:
             log.info("mailfleet_certs: %s %s %s: %s", minion, name, action, why)
             _alert(f"cert_{'renewed' if action == 'renew' else 'reloaded'}", f"{minion} {name}",
@@ -331,7 +337,7 @@ def problem(minion=None, payload=None):
             log.warning("mailfleet_certs: %s %s %s failed: %s", minion, name, action, why)
             _alert("cert_failed", f"{minion} {name}",
                    f"{minion}: {action} of certificate {name} failed ({reason}): {why}", details, "critical")
-        out.append({"name": name, "action": action, "ok": ok, "result": why, "old_serial": it["disk_serial"],
+        out.append({"name": name, "action": action, "ok": ok, "result": why, "old_serial": old,
                     "new_serial": new_serial})
     return {"host": minion, "lineages": out}
 

@@ -198,8 +198,12 @@ def event(host=H1, name=H1, problems=("expiring",), serial="2C1BCBB58C5C9BA2"):
 
 
 def test_valid_event():
-    (it,) = rc.check_event(event(problems=["stale:587", "expiring"]), H1, [H1])
-    assert it == {"name": H1, "problems": ["expiring", "stale:587"], "disk_serial": "2C1BCBB58C5C9BA2", "report": "new"}
+    ev = event(problems=["stale:587", "expiring"])
+    ev["lineages"][0]["served"] = {"25": {"serial": "2C1BCBB58C5C9BA2"}, "587": {"serial": "0D5BDF6AF08D07B6"},
+                                   "993": {"error": "timeout"}, "465": {"serial": "x; rm"}}
+    (it,) = rc.check_event(ev, H1, [H1])
+    assert it == {"name": H1, "problems": ["expiring", "stale:587"], "disk_serial": "2C1BCBB58C5C9BA2",
+                  "served_serials": ["0D5BDF6AF08D07B6"], "report": "new"}
 
 
 def test_forged_host_and_foreign_lineage_are_refused():

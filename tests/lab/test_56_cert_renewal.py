@@ -1,0 +1,188 @@
+"""Certificate expiry and "renewed but not reloaded" answered by the fleet (issue 6), for real:
+mail01's mailfleet_watch engine probes its certbot lineage on disk and what 25/587/993 serve,
+the master's cert reactor hands the event to the mailfleet_certs runner, which renews (Pebble,
+certbot on mail01) and/or reloads, re-probes, records in the ledger and alerts (a webhook
+receiver on the lab bridge, a thread of this test).
+
+- Stale: the certificate is renewed on disk with certbot's directory hooks off (what a broken
+  deploy hook leaves behind): 587 and 993 still serve the old serial; the engine reports it,
+  the runner reloads, and `outside` sees the new serial on 587 and 993 (openssl s_client).
+- Expiring: the threshold is set above the validity of Pebble's certificates (5 years)
+  through command-line pillar on mail.defense (nothing is written to the pillar tree): every
+  certificate is then "near expiry", so the runner renews with --force-renewal; `outside` sees
+  a new serial on 587 and 993, the ledger holds one renewal with its reason, reporter and both
+  serials, and the engine's repeated reports (every 10 s here) cause no second renewal within
+  the cooldown (a cert_cooldown alert instead).
+
+mail.defense is re-applied without the override at the end (the engine back to its pillar
+settings; the minion restarts), and the cooldown entries this test made are cleared."""
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from conftest import _wait_minion_restarts, salt_run, state_failures
+from mflab import fleet
+from test_55_dnsbl import _master_log_has, webhook  # noqa: F401  (fixture)
+
+H1 = "mail01.lab.test"
+M1 = "mail01"  # the lab's name for the host (labctl exec)
+TAG = "mailfleet/cert/problem"
+FAST = {"cert_interval": 5, "cert_repeat": 10}
+REACT = 240  # seconds: minion restart + first probe round + certbot against Pebble + reload + re-probe
+
+
+def wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def served_serial(lab, port):
+    """The serial `outside` is served on mail01:<port> (STARTTLS for 25/587)."""
+    starttls = "-starttls smtp" if port in (25, 587) else ""
+    proc = lab.run("outside", "sh", "-c",
+                   f"echo | timeout 20 openssl s_client -connect {H1}:{port} {starttls} -servername {H1} 2>/dev/null"
+                   " | openssl x509 -noout -serial", check=False, timeout=60)
+    out = proc.stdout.strip()
+    return out.split("=", 1)[1] if out.startswith("serial=") else None
+
+
+def disk_serial(lab):
+    return lab.run(M1, "openssl", "x509", "-noout", "-serial", "-in",
+                   f"/etc/letsencrypt/live/{H1}/cert.pem").stdout.strip().split("=", 1)[1]
+
+
+def apply_defense(lab, extra=None):
+    args = [H1, "state.apply", "mail.defense"]
+    if extra:
+        args.append("pillar=" + json.dumps({"mailfleet": {"defense": extra}}))
+    ret = lab.salt(*args, timeout=600)
+    assert not state_failures(ret), state_failures(ret)
+    _wait_minion_restarts(lab, ret, timeout=300)  # the engine reads its settings at minion start
+    return ret
+
+
+def renewals(since):
+    code, rows, out = salt_run("mailfleet_certs.history", "hours=1", timeout=120)
+    assert code == 0, out[-2000:]
+    return [r for r in rows if r["host"] == H1 and r["id"] > since]
+
+
+def last_id():
+    code, rows, out = salt_run("mailfleet_certs.history", "hours=10000", timeout=120)
+    assert code == 0, out[-2000:]
+    return max([r["id"] for r in rows] or [0])
+
+
+class _Bridge:
+    """Development aid, off unless MAILFLEET_LAB_CERT_BRIDGE=1: on a master started before
+    config/master.d mapped the cert reactor (Salt reads the map at start), forward each
+    certificate event to the runner with the same arguments the reactor passes. A fresh lab
+    (make test) never needs it."""
+
+    def __init__(self):
+        import salt.config
+        import salt.utils.event
+        self.opts = salt.config.master_config(str(fleet.SALT_DIR / "master"))
+        self.event = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            ev = self.event.get_event(wait=1, tag=TAG, full=True)
+            if ev and ev["tag"] == TAG:
+                salt_run("mailfleet_certs.problem", f"minion={ev['data'].get('id')}",
+                         "payload=" + json.dumps(ev["data"].get("data")), timeout=600)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(30)
+        self.event.destroy()
+
+
+@pytest.fixture(scope="module")
+def reactor_live(lab, published):
+    """The running master maps mailfleet/cert/problem to reactor/cert.sls (a forged-looking
+    event with no lineage is refused by the runner, which logs it)."""
+    log = fleet.SALT_DIR / "master.log"
+    since = log.stat().st_size
+    lab.salt(H1, "event.fire_master", json.dumps({"host": H1, "lineages": []}), TAG, timeout=60)
+    try:
+        wait(lambda: _master_log_has(f"mailfleet_certs: refused certificate event from '{H1}'", since), 20,
+             "the cert reactor")
+        yield None
+        return
+    except AssertionError:
+        pass
+    if os.environ.get("MAILFLEET_LAB_CERT_BRIDGE") != "1":
+        pytest.skip("the lab master was started before the cert reactor was configured "
+                    "(config/master.d/mailfleet.conf is read at master start): restart the lab")
+    bridge = _Bridge()
+    try:
+        yield bridge
+    finally:
+        bridge.close()
+
+
+@pytest.fixture(scope="module")
+def restore(lab, reactor_live):
+    salt_run("mailfleet_certs.clear", H1, timeout=120)
+    try:
+        yield
+    finally:
+        apply_defense(lab)
+        salt_run("mailfleet_certs.clear", H1, timeout=120)
+
+
+def alerts(got, kind):
+    return [a for a in got if a["kind"] == kind and a["subject"] == f"{H1} {H1}"]
+
+
+def test_renewed_on_disk_but_not_reloaded_is_reloaded(lab, restore, webhook):  # noqa: F811
+    apply_defense(lab, FAST)
+    before = served_serial(lab, 587)
+    assert before and before == served_serial(lab, 993) == disk_serial(lab)
+    start = last_id()
+    # Renew with certbot's directory hooks off: mailfleet's deploy hook does not reload.
+    lab.run(M1, "certbot", "renew", "--non-interactive", "--no-random-sleep-on-renew", "--cert-name", H1,
+            "--force-renewal", "--no-directory-hooks", timeout=300)
+    new = disk_serial(lab)
+    assert new != before
+    wait(lambda: served_serial(lab, 587) == new and served_serial(lab, 993) == new, REACT,
+         f"the new serial {new} served on 587 and 993")
+    assert served_serial(lab, 25) == new
+    rows = wait(lambda: [r for r in renewals(start) if r["ok"] is not None], 60, "the ledger row")
+    assert [(r["action"], r["ok"], r["reporter"], r["old_serial"], r["new_serial"]) for r in rows] == [
+        ("reload", 1, H1, before, new)], rows                 # the engine saw `before` served, `new` on disk
+    assert "stale:587" in rows[0]["reason"] and "stale:993" in rows[0]["reason"]
+    wait(lambda: alerts(webhook, "cert_reloaded"), 60, "the cert_reloaded alert at the webhook")
+
+
+def test_certificate_near_expiry_is_renewed_reloaded_and_served_once(lab, restore, webhook):  # noqa: F811
+    before = served_serial(lab, 587)
+    assert before and before == served_serial(lab, 993) == disk_serial(lab)
+    start = last_id()
+    apply_defense(lab, dict(FAST, cert_threshold_days=3000))     # above Pebble's 5-year validity
+    new = wait(lambda: (s := served_serial(lab, 587)) not in (None, before) and s, REACT,
+               "a new serial served on 587")
+    assert wait(lambda: served_serial(lab, 993) == new, 60, "the new serial on 993") is True
+    assert disk_serial(lab) == new
+    rows = wait(lambda: [r for r in renewals(start) if r["ok"] is not None], 60, "the ledger row")
+    assert [(r["action"], r["ok"], r["reporter"], r["old_serial"], r["new_serial"]) for r in rows] == [
+        ("renew", 1, H1, before, new)], rows
+    assert rows[0]["reason"].startswith("expiring")
+    wait(lambda: alerts(webhook, "cert_renewed"), 60, "the cert_renewed alert at the webhook")
+    # The new certificate is still below the (lab) threshold: the engine reports it again every
+    # 10 s, the cooldown allows no second renewal.
+    wait(lambda: alerts(webhook, "cert_cooldown"), 90, "a cert_cooldown alert")
+    assert [r["action"] for r in renewals(start)] == ["renew"]
+    assert served_serial(lab, 587) == new
