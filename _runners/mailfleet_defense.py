@@ -18,7 +18,8 @@ Flow of one report (``mailfleet_watch`` engine on a mail host -> reactor/abuse.s
 4. Rate cap (``schedule``): at most ``rate`` (1,000) new bans per reporting minion per
    ``period`` (60 s). The excess is recorded with a later ``not_before`` and applied when its
    turn comes (:func:`drain`, from the master schedule and from every later report), never
-   dropped; an alert event ``mailfleet/alert/ban_rate`` says so.
+   dropped; a ``ban_rate`` alert (``mailfleet_alert``: event, webhook, mail; at most one per
+   reporting host per alert period) says so.
 5. The ledger (sqlite, ``mailfleet_ledger`` or ``<cachedir>/mailfleet/ledger.sqlite``, outside
    the file server) records each ban with its reason, reporting minion, times and expiry,
    then one ``LocalClient.cmd_async`` of ``mailfleet_ban.add`` bans on every fleet host
@@ -445,8 +446,8 @@ def report(minion=None, payload=None, tag=None):
             queued = led.queued(now)
     finally:
         led.close()
-    if queued:
-        _fire(ALERT_TAG, {"minion": minion, "queued": queued, "rate": pol["rate"], "period": pol["period"]})
+    if queued:  # after the bans went out: an alert (webhook, mail) must not delay them
+        _alert_rate(minion, queued, pol)
     for addr, why in refused + [s for s in skipped if s[1] == "allow-listed"]:
         log.warning("mailfleet_defense: %s not banned (report from %s): %s", addr, minion, why)
     ret = {"banned": [b["address"] for b in bans if b["not_before"] <= now],
@@ -457,6 +458,19 @@ def report(minion=None, payload=None, tag=None):
     log.info("mailfleet_defense: report from %s: %d new bans, %d queued, %d skipped, %d invalid",
              minion, len(bans), queued, len(skipped), len(refused))
     return ret
+
+
+def _alert_rate(minion, queued, pol):
+    """The rate cap held bans back: one alert per reporting host per alert period (a storm
+    reports every second; mailfleet_alert throttles), the raw event if alerts fail."""
+    data = {"minion": minion, "queued": queued, "rate": pol["rate"], "period": pol["period"]}
+    try:
+        __salt__["mailfleet_alert.send"](  # noqa: F821
+            "ban_rate", minion, f"{queued} bans from {minion} wait their turn: more than "
+            f"{pol['rate']} new bans in {pol['period']} s (queued, not dropped)", details=data)
+    except Exception:  # pylint: disable=broad-except
+        log.exception("mailfleet_defense: ban_rate alert failed; raw event instead")
+        _fire(ALERT_TAG, data)
 
 
 def drain():
@@ -500,18 +514,32 @@ def active():
 
 
 def unban(address):
-    """Lift a ban in the ledger and on every host at once."""
+    """Lift a ban in the ledger and on every host at once. ``address``: one address, a
+    comma-separated list or a list (one nft batch per host for all of them).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_defense.unban 198.51.100.7
+        salt-run mailfleet_defense.unban 198.51.100.7,2001:db8::7
+    """
     pol = _policy()
-    addr = norm_address(address)
+    items = address if isinstance(address, (list, tuple)) else str(address).split(",")
+    addrs = [norm_address(a.strip() if isinstance(a, str) else a) for a in items if str(a).strip()]
+    if not addrs:
+        raise ValueError("mailfleet_defense.unban: no address given")
     now = time.time()
     led = Ledger(ledger_path(__opts__))  # noqa: F821
     try:
         with led:
-            n = led.revoke(addr, now, "runner")
+            revoked = {a: led.revoke(a, now, "runner") for a in addrs}
     finally:
         led.close()
-    jid = _send(pol, [addr], fun="mailfleet_ban.remove")
-    return {"address": addr, "revoked": n, "jid": jid}
+    jid = _send(pol, addrs, fun="mailfleet_ban.remove")
+    if len(addrs) == 1:
+        return {"address": addrs[0], "revoked": revoked[addrs[0]], "jid": jid}
+    return {"addresses": addrs, "revoked": sum(revoked.values()), "jid": jid}
 
 
 def release(user):
