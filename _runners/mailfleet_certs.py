@@ -222,7 +222,7 @@ def _client():
 
 
 def _call(host, fun, arg=(), kwarg=None, timeout=120):
-    ret = _client().cmd(host, fun, arg=list(arg), kwarg=kwarg or {}, timeout=int(timeout))
+    ret = _client().cmd([host], fun, arg=list(arg), kwarg=kwarg or {}, tgt_type="list", timeout=int(timeout))
     if host not in ret:
         raise RuntimeError(f"{host} did not answer {fun}")
     res = ret[host]

