@@ -152,6 +152,10 @@ class Tracker:
             return "repeat"
         return None
 
+    def forget(self, name):
+        """The report did not reach the master: say it again next round."""
+        self.last.pop(name, None)
+
 
 def _number(conf, key, pkey, minimum):
     v = conf.get(key, DEFAULTS[key])
@@ -292,17 +296,27 @@ class Watcher:
             return None
         return {"host": self.host, "threshold_days": self.conf["threshold_days"], "lineages": out}
 
-    def run(self, fire, stop=None):
+    def run(self, fire, stop=None, start_delay=15.0):
+        """``start_delay``: the minion connects to its master after the engine starts; an
+        event fired before that is lost (seen in the lab), so the first round waits."""
+        if stop:
+            stop.wait(start_delay)
+        else:
+            time.sleep(start_delay)
         while not (stop and stop.is_set()):
             started = time.monotonic()
+            ev = None
             try:
                 ev = self.round()
                 if ev is not None:
-                    fire(ev, TAG)
+                    if fire(ev, TAG) is False:
+                        raise RuntimeError("event.fire_master returned False")
                     log.info("mailfleet_watch: certificates %s", "; ".join(
                         f"{x['name']} {x['report']} {','.join(x['problems']) or 'ok'}" for x in ev["lineages"]))
             except Exception:  # pylint: disable=broad-except
                 log.exception("mailfleet_watch: certificate round failed")
+                for x in (ev or {}).get("lineages") or []:
+                    self.tracker.forget(x["name"])
             left = max(1.0, self.conf["interval"] - (time.monotonic() - started))
             if stop:
                 stop.wait(left)

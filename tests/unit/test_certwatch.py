@@ -93,6 +93,26 @@ def test_tracker_reports_changes_and_repeats_never_every_round():
     assert t.update("a", [], 500) is None
     t2 = cw.Tracker(repeat=100)
     assert t2.update("a", ["stale:993"], 0) == "new"     # a problem at start is reported
+    t2.forget("a")                                       # ... but the event was lost: again next round
+    assert t2.update("a", ["stale:993"], 1) == "new"
+
+
+def test_watcher_reports_again_when_the_event_did_not_reach_the_master():
+    conf = cw.settings({"interval": 1, "repeat": 3600}, H1)
+    check = lambda conf, name, now: {"name": name, "problems": ["expiring"], "disk": {}, "served": {}}  # noqa: E731
+    w = cw.Watcher(H1, conf, check)
+    fired = []
+    stop = threading.Event()
+
+    def fire(ev, tag):
+        fired.append((tag, ev["lineages"][0]["report"]))
+        if len(fired) == 1:
+            return False                                  # the minion was not connected yet
+        stop.set()
+        return True
+
+    w.run(fire, stop, start_delay=0)
+    assert fired == [("mailfleet/cert/problem", "new"), ("mailfleet/cert/problem", "new")]
 
 
 def test_settings_errors_name_the_pillar_key():
