@@ -13,5 +13,6 @@ include:
   - mail.firewall
   - mail.defense
   - mail.dnsbl       # outbound mode from the ledger (DNSBL: relay through a peer / hold)
+  - mail.sasl_hold   # held SASL users from the ledger (compromised accounts)
   - mail.vusers
   - mail.webmail     # Roundcube/PostfixAdmin when mailfleet:webmail/postfixadmin:enabled (else removes them)
