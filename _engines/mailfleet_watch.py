@@ -21,7 +21,7 @@ defense.conf from pillar ``mailfleet:defense``)::
     engines:
       - mailfleet_watch:
           log: /var/log/mail.log
-          interval: 1            # seconds between reports
+          interval: 0.5          # seconds between reports
           poll: 0.1              # seconds between reads of the log
           thresholds: {relay: {count: 3, window: 600}, ...}   # see mailfleet_maillog
           max_ips: 500
@@ -219,7 +219,7 @@ def _fire_master(data, tag):
         return __salt__["event.fire_master"](data, tag)  # noqa: F821
 
 
-def start(log_file="/var/log/mail.log", interval=1.0, poll=0.1, thresholds=None, max_ips=500,
+def start(log_file="/var/log/mail.log", interval=0.5, poll=0.1, thresholds=None, max_ips=500,
           tag=TAG, state_file=None, dnsbl=None, certs=None, queue=None, **_ignored):
     ml = _maillog()
     host = __opts__["id"]  # noqa: F821

@@ -4,7 +4,7 @@
     - the ban sets are reconciled with the master's ledger (pillar mailfleet_bans) at each
       state run and on a schedule with splay, so a host that was cut off catches up.
     Pillar mailfleet:defense (defaults below):
-      log: /var/log/mail.log   interval: 1 (s between reports)   poll: 0.1 (s between reads)
+      log: /var/log/mail.log   interval: 0.5 (s between reports)   poll: 0.1 (s between reads)
       max_ips: 500 (offenders per report; the rest waits for the next)
       thresholds: {relay: {count: 3, window: 600}, auth: {count: 10, window: 600}, ...}
                   (merged over mailfleet_maillog.DEFAULT_THRESHOLDS, checked there;
@@ -17,7 +17,7 @@
       zones (default Spamhaus ZEN, SpamCop, Barracuda), interval 300, timeout 5, resolvers,
       ips, dqs_key; enabled: false turns the checks off. The file holds the DQS key: 0600. #}
 {%- from "mail/map.jinja" import mf with context %}
-{%- set d = salt["slsutil.merge"]({"log": "/var/log/mail.log", "interval": 1, "poll": 0.1,
+{%- set d = salt["slsutil.merge"]({"log": "/var/log/mail.log", "interval": 0.5, "poll": 0.1,
                                    "max_ips": 500, "thresholds": {},
                                    "reconcile_every": 300, "reconcile_splay": 60},
                                   salt["pillar.get"]("mailfleet:defense", {}), strategy="recurse") %}
