@@ -314,6 +314,20 @@ def wait_minions(minions: list[str], timeout: float = 120) -> None:
             raise RuntimeError(f"minions did not answer test.ping: {sorted(pending)}\n{out.stderr[-1500:]}")
 
 
+def restart_master(timeout: float = 120) -> int:
+    """Stop the lab's salt-master (its whole process group) and start it again with the same
+    configuration; returns once every lab minion answers again. For fault tests: what the
+    master keeps on disk (the ledger) must survive this."""
+    state = load_state()
+    if not state or not alive(state.get("master_pid")):
+        raise RuntimeError("the lab's salt-master is not running")
+    _terminate_group(state["master_pid"], 10)
+    state["master_pid"] = _start_master()
+    save_state(state)
+    wait_minions(sorted(h.fqdn for h in config.hosts(state.get("mail_hosts")) if h.role == "mail"), timeout)
+    return state["master_pid"]
+
+
 def is_up() -> bool:
     state = load_state()
     return bool(state) and alive(state.get("master_pid")) and all(
