@@ -7,7 +7,8 @@
     its resolver or mailfleet:deliverability:resolver); a fixed PTR is picked up by the next
     apply. main.cf names the table in sender_dependent_default_transport_maps while the switch
     is on (salt://mail/files/postfix-main.cf.jinja); the table holds a retry: rule while the
-    check fails. Local and virtual domains are delivered either way. #}
+    check fails. Local and virtual domains are delivered either way. While the switch is on,
+    a minion schedule re-applies this SLS every recheck_every seconds (default 900). #}
 {%- from "mail/map.jinja" import mf with context %}
 {%- set L = mf.lookup %}
 {%- set d = mf.get("deliverability") or {} %}
@@ -29,6 +30,26 @@ mailfleet-outbound-hold:
       - file: mailfleet-postfix-main-cf
     - watch_in:
       - service: mailfleet-postfix
+
+{#- While the switch is on, the check also runs on a schedule (mailfleet:deliverability:
+    recheck_every seconds, default 900): a fixed PTR releases the mail without anyone applying. #}
+{%- if d.get("hold_outbound_on_bad_ptr") is sameas true %}
+mailfleet-outbound-hold-recheck:
+  schedule.present:
+    - name: mailfleet_outbound_hold_recheck
+    - function: state.sls
+    - job_args:
+      - mail.outbound_hold
+    - job_kwargs:
+        queue: True
+    - seconds: {{ d.get("recheck_every", 900) | int }}
+    - splay: 60
+    - return_job: False
+{%- else %}
+mailfleet-outbound-hold-recheck:
+  schedule.absent:
+    - name: mailfleet_outbound_hold_recheck
+{%- endif %}
 
 {#- Released: what waited in the deferred queue goes now, not at its next backoff. #}
 mailfleet-outbound-hold-flush:

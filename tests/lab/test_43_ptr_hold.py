@@ -83,6 +83,9 @@ def test_outbound_mail_is_held_while_the_ptr_is_wrong_and_delivered_once_fixed(l
         assert lab.run("mail01", "postconf", "-h", "sender_dependent_default_transport_maps"
                        ).stdout.strip().endswith("mailfleet_outbound_hold.regexp")
         lab.run("mail01", "postfix", "check")
+        # While the switch is on, a minion schedule re-checks (releases without anyone applying).
+        assert "mailfleet_outbound_hold_recheck" in json.dumps(lab.salt(HOST, "schedule.list",
+                                                                        "return_yaml=False"))
         # Local mail from alice on mail01 to bob on mail02: outbound.
         lab.run("mail01", "sh", "-c",
                 f"printf 'Subject: {needle}\\nMessage-ID: <{needle}@example-a.test>\\n\\n"
@@ -122,3 +125,5 @@ def test_outbound_mail_is_held_while_the_ptr_is_wrong_and_delivered_once_fixed(l
         apply_hold(lab)
     assert lab.run("mail01", "postconf", "-h", "sender_dependent_default_transport_maps"
                    ).stdout.strip() == ""
+    assert "mailfleet_outbound_hold_recheck" not in json.dumps(
+        lab.salt(HOST, "schedule.list", "return_yaml=False"))
