@@ -202,3 +202,23 @@ def test_certificate_near_expiry_is_renewed_reloaded_and_served_once(lab, restor
     wait(lambda: alerts(webhook, "cert_cooldown"), 90, "a cert_cooldown alert")
     assert [r["action"] for r in renewals(start)] == ["renew"]
     assert served_serial(lab, 587) == new
+
+
+def test_a_forged_event_naming_another_host_is_refused(lab, reactor_live):
+    """mail01 claims mail02's certificate is expiring: the runner refuses it (the claimed host
+    is not the sending minion) and nothing is renewed on mail02."""
+    log = fleet.SALT_DIR / "master.log"
+    since = log.stat().st_size
+    start = last_id()
+    before = lab.run("mail02", "openssl", "x509", "-noout", "-serial", "-in",
+                     "/etc/letsencrypt/live/mail02.lab.test/cert.pem").stdout.strip()
+    forged = {"host": "mail02.lab.test", "threshold_days": 21, "lineages": [
+        {"name": "mail02.lab.test", "problems": ["expiring"], "report": "new", "disk": {"serial": "AA"}}]}
+    lab.salt(H1, "event.fire_master", json.dumps(forged), TAG, timeout=60)
+    wait(lambda: _master_log_has("mailfleet_certs: refused certificate event from 'mail01.lab.test': event names "
+                                 "host 'mail02.lab.test' but was sent by 'mail01.lab.test'", since), 60, "the refusal")
+    time.sleep(5)
+    code, rows, out = salt_run("mailfleet_certs.history", "hours=1", timeout=120)
+    assert [r for r in rows if r["id"] > start] == []
+    assert lab.run("mail02", "openssl", "x509", "-noout", "-serial", "-in",
+                   "/etc/letsencrypt/live/mail02.lab.test/cert.pem").stdout.strip() == before
