@@ -120,6 +120,20 @@ def _queue_mod():
     return mod
 
 
+def _fresh_holds():
+    """Pillar ``mailfleet_sasl_holds`` compiled by the master now: the minion's in-memory
+    pillar may predate a release, and a schedule run must not hold a released user again."""
+    import salt.pillar
+    pil = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"],  # noqa: F821
+                                 saltenv=__opts__.get("saltenv"), pillarenv=__opts__.get("pillarenv"))  # noqa: F821
+    try:
+        return pil.compile_pillar().get("mailfleet_sasl_holds")
+    finally:
+        destroy = getattr(pil, "destroy", None)
+        if destroy:
+            destroy()
+
+
 def map_path(postfix_dir=None):
     return os.path.join(postfix_dir or _postfix_dir(), "mailfleet_sasl_hold")
 
@@ -169,7 +183,7 @@ def sync(holds=None, release=None, test=False):
     ``release``: users whose held messages are released even if the map no longer names them
     (the runner passes the user it releases). Returns what changed."""
     if holds is None:
-        holds = __pillar__.get("mailfleet_sasl_holds")  # noqa: F821
+        holds = _fresh_holds()
         if holds is None:
             return {"result": True, "comment": "pillar mailfleet_sasl_holds absent: nothing to do", "changes": {}}
     holds = check_holds(holds)
