@@ -1,0 +1,174 @@
+"""A compromised account answered across the fleet (issue 6), for real.
+
+alice@example-a.test submits on mail01:587 past a low outbound threshold (pillar
+mailfleet:defense:thresholds:outbound set by this test for mail01's mailfleet_watch engine,
+restored in `finally`). The engine counts her messages from Postfix's ``sasl_username=`` lines
+and reports her; the abuse reactor's runner (mailfleet_defense.report -> mailfleet_accounts)
+records a hold in the ledger and pushes it to every mail host:
+
+1. held: what she still submits is accepted onto the hold queue (on hold, not delivered,
+   not bounced), while mailcheck@example-a.test on the same host is unaffected;
+2. she keeps sending: her submission is refused with 450 4.7.1 (the client keeps the mail);
+3. `salt-run mailfleet_defense.release user=alice@example-a.test`: the held messages are
+   delivered to bob's maildir (and seen over IMAPS), she can submit again, no DSN anywhere.
+
+The alert reaches a webhook receiver on the lab bridge (the fixture of test_55)."""
+import json
+import time
+
+import pytest
+
+from conftest import _wait_minion_restarts, salt_run, state_failures
+from mailtools import PASSWORDS, imap_subjects, log_lines, maildir_files_with, swaks, tag, wait_for_mail
+from test_55_dnsbl import alerts, wait, webhook  # noqa: F401  (webhook: a fixture)
+
+H1, H2 = "mail01.lab.test", "mail02.lab.test"
+ALICE, OTHER, BOB = "alice@example-a.test", "mailcheck@example-a.test", "bob@example-b.test"
+LIMIT = 3
+LOW = {"mailfleet": {"defense": {"thresholds": {"outbound": {"messages": LIMIT, "recipients": 1000,
+                                                             "window": 900}}}}}
+MAP = "hash:/etc/postfix/mailfleet_sasl_hold"
+
+
+def submit(lab, user, subject, check=True):
+    proc = swaks(lab, "outside", "--server", H1, "--port", "587", "--tls", "--auth", "PLAIN",
+                 "--auth-user", user, "--auth-password", PASSWORDS[user], "--from", user, "--to", BOB,
+                 "--header", f"Subject: {subject}", "--header", f"Message-ID: <{subject}@example-a.test>",
+                 check=False)
+    if check:
+        assert "250 2.0.0 Ok: queued as " in proc.stdout, proc.stdout[-1500:]
+        return proc.stdout.split("250 2.0.0 Ok: queued as ")[1].split()[0]
+    return proc.stdout
+
+
+def map_value(lab, host, user):
+    return lab.run(host, "postmap", "-q", user, MAP, check=False).stdout.strip()
+
+
+def queue(lab, host):
+    out = lab.run(host, "postqueue", "-j").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _engine_lines(lab):
+    out = lab.run("mail01", "grep", "-c", "mailfleet_watch: following", "/var/log/salt/minion", check=False).stdout
+    return int(out.strip() or 0)
+
+
+ENGINE_CONF = "/etc/salt/minion.d/mailfleet-defense.conf"
+
+
+def low_in_force(lab):
+    return '"messages": 3' in lab.run("mail01", "cat", ENGINE_CONF).stdout
+
+
+def apply_defense(lab, pillar=None):
+    """mail.defense on mail01 (engine config; the minion restarts when it changed); returns
+    once mail01's engine follows the log again with that config."""
+    before = _engine_lines(lab)
+    args = [H1, "state.apply", "mail.defense"] + ([f"pillar={json.dumps(pillar)}"] if pillar else [])
+    ret = lab.salt(*args, timeout=600)
+    assert not state_failures(ret), state_failures(ret)
+    changed = any(st.get("__id__") == "mailfleet-defense-engine-conf" and st.get("changes")
+                  for st in ret[H1].values())
+    _wait_minion_restarts(lab, ret)
+    if changed:
+        wait(lambda: _engine_lines(lab) > before, 90, "mail01's engine restarted")
+
+
+def low_threshold_in_force(lab, attempts=3):
+    """The low threshold in mail01's engine (again, when a concurrent apply of mail.defense with
+    the plain pillar replaced it: the lab is shared while tests are developed)."""
+    for _ in range(attempts):
+        if not low_in_force(lab):
+            apply_defense(lab, LOW)
+        if low_in_force(lab):
+            return
+    raise AssertionError("the low outbound threshold did not stay in mail01's engine config")
+
+
+def release_alice():
+    code, ret, out = salt_run("mailfleet_defense.release", f"user={ALICE}", timeout=300)
+    assert code == 0, out[-2000:]
+    return ret
+
+
+@pytest.fixture
+def low_threshold(lab, published):
+    release_alice()  # nothing left over from an earlier run
+    ret = lab.salt("-L", f"{H1},{H2}", "state.apply", "mail.sasl_hold", timeout=600)
+    assert not state_failures(ret), state_failures(ret)
+    low_threshold_in_force(lab)
+    try:
+        yield
+    finally:
+        release_alice()
+        apply_defense(lab)  # the lab pillar's thresholds again (engine restarted, counts reset)
+
+
+def test_account_over_its_volume_is_held_then_refused_and_release_delivers(lab, low_threshold, webhook):
+    t = tag("acct")
+    sent, held_subjects = [], []
+    # 1. the account sends up to the threshold: delivered as usual, then held fleet-wide
+    low_threshold_in_force(lab)
+    for i in range(LIMIT):
+        submit(lab, ALICE, f"{t}-burst{i}")
+        sent.append(f"{t}-burst{i}")
+    wait(lambda: map_value(lab, "mail01", ALICE) == "HOLD", 60, "alice held on mail01")
+    wait(lambda: map_value(lab, "mail02", ALICE) == "HOLD", 30, "alice held on mail02")
+    assert wait_for_mail(lab, BOB, f"{t}-burst0")
+
+    # 2. her further mail is accepted onto the hold queue: in the queue, on hold, not delivered
+    held_ids = []
+    for i in range(LIMIT):
+        subject = f"{t}-held{i}"
+        held_ids.append(submit(lab, ALICE, subject))
+        held_subjects.append(subject)
+    sent += held_subjects
+    q = {m["queue_id"]: m for m in queue(lab, "mail01")}
+    for qid in held_ids:
+        assert q[qid]["queue_name"] == "hold" and q[qid]["sender"] == ALICE, q.get(qid)
+    # ... while another user of the same host is unaffected
+    other = f"{t}-other"
+    submit(lab, OTHER, other)
+    assert wait_for_mail(lab, BOB, other)
+    time.sleep(2)
+    assert not maildir_files_with(lab, BOB, held_subjects[0])
+
+    # 3. she kept sending (another threshold's worth): new mail is refused with a 4xx
+    wait(lambda: map_value(lab, "mail01", ALICE).startswith("450 4.7.1"), 60, "alice refused on mail01")
+    out = submit(lab, ALICE, f"{t}-refused", check=False)
+    assert "450 4.7.1" in out and "Ok: queued" not in out, out[-1500:]
+    code, rows, raw = salt_run("mailfleet_accounts.holds", timeout=120)
+    assert code == 0, raw[-2000:]
+    mine = [r for r in rows if r["user"] == ALICE]
+    assert len(mine) == 1 and mine[0]["mode"] == "refuse" and mine[0]["reporter"] == H1, mine
+    held_alert = wait(lambda: alerts(webhook, "account_held", ALICE), 30, "the account_held alert")
+    assert held_alert[0]["details"]["host"] == H1 and held_alert[0]["severity"] == "critical"
+    # still held, not bounced
+    q = {m["queue_id"]: m for m in queue(lab, "mail01")}
+    assert all(q[qid]["queue_name"] == "hold" for qid in held_ids)
+
+    # 4. release: the held mail is delivered (maildir and IMAPS), she may submit again
+    ret = release_alice()
+    assert ret["released"] == 1 and not str(ret["hosts"][H1]).startswith("failed"), ret
+    assert map_value(lab, "mail01", ALICE) == "" and map_value(lab, "mail02", ALICE) == ""
+    for s in held_subjects:
+        assert wait_for_mail(lab, BOB, s, timeout=90), s
+    assert sorted(imap_subjects(lab, "outside", "mail02.lab.test", BOB, f"{t}-held")) == \
+        [f"Subject: {s}" for s in sorted(held_subjects)]
+    after = f"{t}-after"
+    submit(lab, ALICE, after)
+    sent.append(after)
+    assert wait_for_mail(lab, BOB, after)
+    code, rows, raw = salt_run("mailfleet_accounts.holds", "all=True", timeout=120)
+    assert [r for r in rows if r["user"] == ALICE][-1]["released_by"] == "runner"
+    assert wait(lambda: alerts(webhook, "account_released", ALICE), 30, "the released alert")
+
+    # no DSN: nothing bounced, nothing came back to alice
+    for qid in held_ids:
+        lines = log_lines(lab, "mail01", f"{qid}:")
+        assert [line for line in lines if "status=sent" in line], lines
+        assert not [line for line in lines if "status=bounced" in line or "non-delivery" in line], lines
+    for s in sent:
+        assert not maildir_files_with(lab, ALICE, f"{s}@example-a.test"), s
