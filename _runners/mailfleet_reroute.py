@@ -51,7 +51,6 @@ import logging
 import os
 import re
 import sqlite3
-import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,28 @@ MAX_EVENT_BYTES = 256 << 10
 ZONE_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
 DEFAULTS = {"hold_lifetime": "100d", "grace": 172800, "held_alert": 86400, "apply_timeout": 300,
             "sls": "mail.dnsbl"}
-_LOCK = threading.Lock()  # reactor runners share a thread pool: one decision at a time
+
+
+class _Lock:
+    """One decision at a time, fleet-wide on this master: an flock on ``<ledger>.reroute.lock``.
+    (A module-level threading.Lock is not enough: Salt loads a runner module afresh for each
+    reactor job, so every job had its own; two reactions converged at once in the lab.) flock
+    also serialises the reactor's threads with runner CLIs (set_mode, reconcile)."""
+
+    def __init__(self, path):
+        self.path = path + ".reroute.lock"
+
+    def __enter__(self):
+        import fcntl
+        self.fh = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        os.chmod(self.path, 0o600)
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *_):
+        import fcntl
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
 
 
 def __virtual__():
@@ -459,7 +479,7 @@ def dnsbl(minion=None, payload=None):
     log.info("mailfleet_reroute: DNSBL event from %s: %d transitions, %d refused", minion, len(trans), len(refused))
     for item, why in refused:
         log.warning("mailfleet_reroute: DNSBL transition from %s refused: %s: %s", minion, item, why)
-    with _LOCK:
+    with _Lock(_ledger_path()):
         store = Store(_ledger_path())
         try:
             changed = []
@@ -521,7 +541,7 @@ def set_mode(host, mode="normal"):
     fleet = _fleet_data()
     if host not in fleet:
         raise ValueError(f"{host!r} is not a known mail host")
-    with _LOCK:
+    with _Lock(_ledger_path()):
         store = Store(_ledger_path())
         try:
             store.db.execute("UPDATE dnsbl_listings SET cleared=? WHERE host=? AND cleared IS NULL", (now, host))
@@ -536,7 +556,7 @@ def reconcile():
     conf = _conf()
     now = time.time()
     fleet = _fleet_data()
-    with _LOCK:
+    with _Lock(_ledger_path()):
         store = Store(_ledger_path())
         try:
             done = _converge(store, fleet, conf, "reconcile", now)

@@ -255,3 +255,25 @@ def test_dnsbl_refuses_a_forged_event_and_an_unknown_host(tmp_path, monkeypatch)
     # mail01 naming mail02's address: that transition is refused, nothing recorded or applied
     ret = ob.dnsbl(minion=H1, payload=ev({"ip": "198.18.0.12", "state": "listed"}))
     assert ret["changed"] == [] and ret["steps"] == [] and "not an address of" in ret["refused"][0][1]
+
+
+def test_decisions_are_serialised_across_threads_by_a_file_lock(tmp_path):
+    """Each reactor job loads the runner afresh, so the lock must live outside the module."""
+    import threading
+    import time as _time
+    path = str(tmp_path / "ledger.sqlite")
+    inside, overlap = [], []
+
+    def job():
+        with ob._Lock(path):
+            if inside:
+                overlap.append(True)
+            inside.append(1)
+            _time.sleep(0.2)
+            inside.pop()
+    threads = [threading.Thread(target=job) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not overlap
