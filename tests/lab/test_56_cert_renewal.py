@@ -69,6 +69,33 @@ def apply_defense(lab, extra=None):
     return ret
 
 
+def engine_certs(lab):
+    """The engine's certificate settings as mail.defense last wrote them on mail01."""
+    text = lab.run(M1, "cat", "/etc/salt/minion.d/mailfleet-defense.conf").stdout
+    line = [ln for ln in text.splitlines() if ln.strip().startswith("certs:")]
+    return json.loads(line[0].split(":", 1)[1]) if line else {}
+
+
+class Override:
+    """The engine settings this test needs, kept in place: in a shared lab another run's
+    state.apply may write the pillar's settings back meanwhile (and restart the minion); they
+    are applied again then, at most 3 times. A lone run (make test) never needs it."""
+
+    def __init__(self, lab, extra):
+        self.lab, self.extra, self.left = lab, extra, 3
+        self.want = {k[5:]: v for k, v in extra.items()}
+        apply_defense(lab, extra)
+
+    def held(self):
+        got = engine_certs(self.lab)
+        if all(got.get(k) == v for k, v in self.want.items()):
+            return True
+        assert self.left > 0, f"the engine settings were reset by another run 3 times: {got}"
+        self.left -= 1
+        apply_defense(self.lab, self.extra)
+        return False
+
+
 def renewals(since):
     code, rows, out = salt_run("mailfleet_certs.history", "hours=1", timeout=120)
     assert code == 0, out[-2000:]
@@ -147,18 +174,20 @@ def restore(lab, reactor_live):
 
 
 def alerts(got, kind):
-    """Alerts of ``kind`` about mail01's lineage the master sent through its webhook channel
-    (mailfleet_alert.recent, the alert ledger; ``got`` is our receiver's list, which another
-    test running at the same time in a shared lab may take over by rewriting the alert
-    settings file, so the ledger's channel result is what is checked)."""
+    """Alerts of ``kind`` about mail01's lineage the master sent (mailfleet_alert.recent, the
+    alert ledger): the Salt event sent and, when the webhook is configured, the webhook
+    answered 2xx. (``got`` is our receiver's list; another test running at the same time in a
+    shared lab may rewrite or remove the one alert settings file, so the ledger's channel
+    results are what is checked.)"""
     code, rows, out = salt_run("mailfleet_alert.recent", "hours=1", timeout=120)
     assert code == 0, out[-2000:]
     return [r for r in rows if r["kind"] == kind and r["subject"] == f"{H1} {H1}" and r["sent"]
-            and r["created"] >= START and str((r["channels"] or {}).get("webhook", "")).startswith("HTTP 2")]
+            and r["created"] >= START and (r["channels"] or {}).get("event") == "sent"
+            and str((r["channels"] or {}).get("webhook", "HTTP 2")).startswith("HTTP 2")]
 
 
 def test_renewed_on_disk_but_not_reloaded_is_reloaded(lab, restore, webhook):  # noqa: F811
-    apply_defense(lab, FAST)
+    ov = Override(lab, FAST)
     before = served_serial(lab, 587)
     assert before and before == served_serial(lab, 993) == disk_serial(lab)
     start = last_id()
@@ -167,7 +196,7 @@ def test_renewed_on_disk_but_not_reloaded_is_reloaded(lab, restore, webhook):  #
             "--force-renewal", "--no-directory-hooks", timeout=300)
     new = disk_serial(lab)
     assert new != before
-    wait(lambda: served_serial(lab, 587) == new and served_serial(lab, 993) == new, REACT,
+    wait(lambda: ov.held() and served_serial(lab, 587) == new and served_serial(lab, 993) == new, REACT,
          f"the new serial {new} served on 587 and 993")
     assert served_serial(lab, 25) == new
     rows = wait(lambda: [r for r in renewals(start) if r["ok"] is not None], 60, "the ledger row")
@@ -182,8 +211,8 @@ def test_certificate_near_expiry_is_renewed_reloaded_and_served_once(lab, restor
     before = served_serial(lab, 587)
     assert before and before == served_serial(lab, 993) == disk_serial(lab)
     start = last_id()
-    apply_defense(lab, dict(FAST, cert_threshold_days=3000))     # above Pebble's 5-year validity
-    new = wait(lambda: (s := served_serial(lab, 587)) not in (None, before) and s, REACT,
+    ov = Override(lab, dict(FAST, cert_threshold_days=3000))     # above Pebble's 5-year validity
+    new = wait(lambda: ov.held() and (s := served_serial(lab, 587)) not in (None, before) and s, REACT,
                "a new serial served on 587")
     assert wait(lambda: served_serial(lab, 993) == new, 60, "the new serial on 993") is True
     assert disk_serial(lab) == new
@@ -215,8 +244,9 @@ def test_a_failed_renewal_alerts_and_is_not_retried_within_the_cooldown(lab, res
     lab.run(M1, "cp", "-p", conf, "/root/mailfleet-test56-renewal.conf")
     try:
         lab.run(M1, "sed", "-i", "s#^server = .*#server = https://acme.lab.test:14999/dir#", conf)
-        apply_defense(lab, dict(FAST, cert_threshold_days=3000))
-        rows = wait(lambda: [r for r in renewals(start) if r["ok"] is not None], REACT, "the failed renewal in the ledger")
+        ov = Override(lab, dict(FAST, cert_threshold_days=3000))
+        rows = wait(lambda: ov.held() and [r for r in renewals(start) if r["ok"] is not None], REACT,
+                    "the failed renewal in the ledger")
         assert [(r["action"], r["ok"], r["old_serial"]) for r in rows] == [("renew", 0, before)], rows
         assert "certbot renew failed" in rows[0]["result"]
         wait(lambda: alerts(webhook, "cert_failed"), 60, "the cert_failed alert")
