@@ -44,6 +44,8 @@ mailfleet-outbound-hold-recheck:
         queue: True
     - seconds: {{ d.get("recheck_every", 900) | int }}
     - splay: 60
+    {#- the check has just run: the first recheck is one period away, not at once #}
+    - run_on_start: False
     - return_job: False
 {%- else %}
 mailfleet-outbound-hold-recheck:

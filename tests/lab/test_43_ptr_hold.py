@@ -108,6 +108,9 @@ def test_outbound_mail_is_held_while_the_ptr_is_wrong_and_delivered_once_fixed(l
         assert not [l for l in lines if "status=bounced" in l or "non-delivery notification" in l
                     or "status=sent" in l], lines
         assert not log_lines(lab, "mail02", needle)
+        # held mail never expires while held (Postfix's default would bounce it after 5 days)
+        for name in ("maximal_queue_lifetime", "bounce_queue_lifetime"):
+            assert lab.run("mail01", "postconf", "-h", name).stdout.strip() == "100d"
 
         fix_ptr()
         released = apply_hold(lab, HOLD)
