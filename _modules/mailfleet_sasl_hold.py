@@ -94,10 +94,15 @@ def parse_map(text):
 # --- host ----------------------------------------------------------------------------------
 
 def _postfix_dir():
+    """Postfix's config directory; before Postfix is configured (no main.cf: postconf fails)
+    the platform's default."""
+    default = "/usr/local/etc/postfix" if os.path.isdir("/usr/local/etc/postfix") else "/etc/postfix"
     try:
-        return __salt__["cmd.run"]("postconf -h config_directory", python_shell=False).strip() or "/etc/postfix"  # noqa: F821
+        out = __salt__["cmd.run_stdout"]("postconf -h config_directory", python_shell=False,  # noqa: F821
+                                         ignore_retcode=True).strip()
     except Exception:  # pylint: disable=broad-except
-        return "/etc/postfix"
+        return default
+    return out if out.startswith("/") and os.path.isdir(out) else default
 
 
 def _bin(name):
@@ -195,7 +200,13 @@ def sync(holds=None, release=None, test=False):
             current = parse_map(fh.read())
     exists = os.path.exists(path + ".db")
     q = _queue_mod()
-    msgs, truncated = q.read_queue()
+    # The queue matters only when someone is (or was) held; on a host's first run Postfix
+    # has no main.cf yet and postqueue cannot even start.
+    someone = bool(holds) or bool(release) or bool(set(current) - set(holds))
+    if someone and os.path.exists(os.path.join(_postfix_dir(), "main.cf")):
+        msgs, truncated = q.read_queue()
+    else:
+        msgs, truncated = [], False
     todo = plan(holds, current, msgs, release)
     changes = {}
     if todo["map"] or not exists:
