@@ -24,6 +24,7 @@ Functions: ``sync`` (what the state and the runner call), ``status``; the pure h
 import logging
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -151,7 +152,19 @@ def _write_map(path, text):
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.chmod(tmp, 0o644)
-        subprocess.run([_bin("postmap"), f"hash:{tmp}"], check=True, capture_output=True, timeout=60)
+        argv = [_bin("postmap"), f"hash:{tmp}"]
+        if not os.path.exists(os.path.join(d, "main.cf")):
+            # a host's first run: main.cf comes later in the run (it names this map only once
+            # the map exists), and postmap refuses to start without one; an empty main.cf
+            # (Postfix's defaults) is all a hash table needs
+            bare = tempfile.mkdtemp(prefix=".mailfleet_postmap.", dir=d)
+            open(os.path.join(bare, "main.cf"), "w").close()
+            argv[1:1] = ["-c", bare]
+        try:
+            subprocess.run(argv, check=True, capture_output=True, timeout=60)
+        finally:
+            if "-c" in argv:
+                shutil.rmtree(argv[2], ignore_errors=True)
         os.replace(tmp + ".db", path + ".db")
         os.replace(tmp, path)
     finally:
