@@ -63,3 +63,15 @@ def imap_subjects(lab, client: str, host: str, address: str, needle: str) -> lis
 def log_lines(lab, host: str, needle: str, path: str = "/var/log/mail.log") -> list[str]:
     proc = lab.run(host, "grep", "-F", "--", needle, path, check=False)
     return proc.stdout.splitlines()
+
+
+def wait(predicate, timeout: float, what: str, step: float = 1):
+    """``predicate()``'s first true value within ``timeout`` seconds, polled every ``step``;
+    an AssertionError naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

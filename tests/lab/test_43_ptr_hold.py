@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import LAB_MAIL_DOMAINS, salt_run, state_failures
-from mailtools import log_lines, tag
+from mailtools import log_lines, tag, wait
 from test_40_deliverability import lookup, nsupdate
 
 HOST = "mail01.lab.test"
@@ -64,15 +64,6 @@ def queue(lab) -> list[dict]:
     out = lab.run("mail01", "postqueue", "-j").stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
-
-def wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_outbound_mail_is_held_while_the_ptr_is_wrong_and_delivered_once_fixed(lab, wrong_ptr):

@@ -12,14 +12,13 @@ The listings, the alert settings file and the outbound modes are undone in `fina
 (later tests share the lab)."""
 import http.server
 import json
-import os
 import threading
 import time
 
 import pytest
 
 from conftest import salt_run
-from mailtools import PASSWORDS, log_lines, maildir_files_with, swaks, tag, wait_for_mail
+from mailtools import PASSWORDS, log_lines, maildir_files_with, swaks, tag, wait, wait_for_mail
 from mflab import config, fleet
 from test_40_deliverability import nsupdate
 
@@ -30,15 +29,6 @@ NAME = {IP1: "11.0.18.198.dnsbl.lab.test.", IP2: "12.0.18.198.dnsbl.lab.test."}
 TAG = "mailfleet/dnsbl/transition"
 REACT = 180  # seconds: detection (3 s rounds) + reactor + up to three state.sls runs
 
-
-def wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def postconf(lab, host, key):
@@ -52,33 +42,6 @@ def _master_log_has(needle, since):
         return needle.encode() in fh.read()
 
 
-class _Bridge:
-    """Development aid, off unless MAILFLEET_LAB_DNSBL_BRIDGE=1: on a master started before
-    config/master.d mapped the dnsbl reactor (Salt reads the map at start; its runtime
-    reactor.add does not reach the matcher in 3008.4), forward each DNSBL event to the same
-    runner with the same arguments the reactor passes. A fresh lab never needs it."""
-
-    def __init__(self):
-        import salt.config
-        import salt.utils.event
-        self.opts = salt.config.master_config(str(fleet.SALT_DIR / "master"))
-        self.event = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.stop.is_set():
-            ev = self.event.get_event(wait=1, tag=TAG, full=True)
-            if ev and ev["tag"] == TAG:
-                salt_run("mailfleet_reroute.dnsbl", f"minion={ev['data'].get('id')}",
-                         "payload=" + json.dumps(ev["data"].get("data")), timeout=600)
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(10)
-        self.event.destroy()
-
 
 @pytest.fixture(scope="module")
 def reactor_live(lab, published):
@@ -91,15 +54,8 @@ def reactor_live(lab, published):
         yield None
         return
     except AssertionError:
-        pass
-    if os.environ.get("MAILFLEET_LAB_DNSBL_BRIDGE") != "1":
         pytest.skip("the lab master was started before the dnsbl reactor was configured "
                     "(config/master.d/mailfleet.conf is read at master start): restart the lab")
-    bridge = _Bridge()
-    try:
-        yield bridge
-    finally:
-        bridge.close()
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):

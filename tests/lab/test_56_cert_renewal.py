@@ -17,13 +17,12 @@ receiver on the lab bridge, a thread of this test).
 mail.defense is re-applied without the override at the end (the engine back to its pillar
 settings; the minion restarts), and the cooldown entries this test made are cleared."""
 import json
-import os
-import threading
 import time
 
 import pytest
 
 from conftest import _wait_minion_restarts, salt_run, state_failures
+from mailtools import wait
 from mflab import fleet
 from test_55_dnsbl import _master_log_has, webhook  # noqa: F401  (fixture)
 
@@ -33,15 +32,6 @@ TAG = "mailfleet/cert/problem"
 FAST = {"cert_interval": 5, "cert_repeat": 10}
 REACT = 240  # seconds: minion restart + first probe round + certbot against Pebble + reload + re-probe
 
-
-def wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def served_serial(lab, port):
@@ -108,33 +98,6 @@ def last_id():
     return max([r["id"] for r in rows] or [0])
 
 
-class _Bridge:
-    """Development aid, off unless MAILFLEET_LAB_CERT_BRIDGE=1: on a master started before
-    config/master.d mapped the cert reactor (Salt reads the map at start), forward each
-    certificate event to the runner with the same arguments the reactor passes. A fresh lab
-    (make test) never needs it."""
-
-    def __init__(self):
-        import salt.config
-        import salt.utils.event
-        self.opts = salt.config.master_config(str(fleet.SALT_DIR / "master"))
-        self.event = salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.stop.is_set():
-            ev = self.event.get_event(wait=1, tag=TAG, full=True)
-            if ev and ev["tag"] == TAG:
-                salt_run("mailfleet_certs.problem", f"minion={ev['data'].get('id')}",
-                         "payload=" + json.dumps(ev["data"].get("data")), timeout=600)
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(30)
-        self.event.destroy()
-
 
 @pytest.fixture(scope="module")
 def reactor_live(lab, published):
@@ -149,15 +112,8 @@ def reactor_live(lab, published):
         yield None
         return
     except AssertionError:
-        pass
-    if os.environ.get("MAILFLEET_LAB_CERT_BRIDGE") != "1":
         pytest.skip("the lab master was started before the cert reactor was configured "
                     "(config/master.d/mailfleet.conf is read at master start): restart the lab")
-    bridge = _Bridge()
-    try:
-        yield bridge
-    finally:
-        bridge.close()
 
 
 START = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
