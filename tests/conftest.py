@@ -1,4 +1,8 @@
 """Test-wide settings. Lab fixtures live in tests/lab/conftest.py."""
+import pathlib
+import shutil
+import tempfile
+
 import pytest
 
 
@@ -9,6 +13,17 @@ def pytest_sessionstart(session):
     if log_server is not None:
         log_server.log_host = "127.0.0.1"
     yield
+
+
+@pytest.fixture(scope="session")
+def salt_factories_default_root_dir():
+    """The factories' daemons live under one short temporary directory (unix socket paths
+    stay well below 108 characters) that is removed at the end of the session."""
+    root = tempfile.mkdtemp(prefix="mf-factories-")
+    try:
+        yield pathlib.Path(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

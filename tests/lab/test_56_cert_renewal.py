@@ -189,6 +189,37 @@ def test_certificate_near_expiry_is_renewed_reloaded_and_served_once(lab, restor
     assert served_serial(lab, 587) == new
 
 
+def test_a_failed_renewal_alerts_and_is_not_retried_within_the_cooldown(lab, restore, webhook):  # noqa: F811
+    """A real fault: mail01's certbot lineage points at a port where no ACME server listens,
+    so `certbot renew` fails. The runner records the failure, raises cert_failed (critical) and
+    does not try again while the host keeps reporting."""
+    conf = f"/etc/letsencrypt/renewal/{H1}.conf"
+    before = disk_serial(lab)
+    start = last_id()
+    lab.run(M1, "cp", "-p", conf, "/root/mailfleet-test56-renewal.conf")
+    try:
+        lab.run(M1, "sed", "-i", "s#^server = .*#server = https://acme.lab.test:14999/dir#", conf)
+        # The cooldown of the previous test's renewal is lifted only now, with the lineage
+        # broken: the engine keeps reporting "expiring", and a report handled between the
+        # lift and the edit would renew for real (and start a new cooldown).
+        salt_run("mailfleet_certs.clear", H1, timeout=120)
+        ov = Override(lab, dict(FAST, cert_threshold_days=3000))
+        rows = wait(lambda: ov.held() and [r for r in renewals(start) if r["ok"] is not None], REACT,
+                    "the failed renewal in the ledger")
+        assert [(r["action"], r["ok"], r["old_serial"]) for r in rows] == [("renew", 0, before)], rows
+        assert "certbot renew failed" in rows[0]["result"]
+        wait(lambda: alerts(webhook, "cert_failed"), 60, "the cert_failed alert")
+        again = {"host": H1, "threshold_days": 3000, "lineages": [
+            {"name": H1, "problems": ["expiring"], "report": "repeat", "disk": {"serial": before}}]}
+        lab.salt(H1, "event.fire_master", json.dumps(again), TAG, timeout=60)
+        time.sleep(15)
+        assert len(renewals(start)) == 1                      # no second attempt: no loop
+        assert disk_serial(lab) == before == served_serial(lab, 587)
+    finally:
+        lab.run(M1, "cp", "-p", "/root/mailfleet-test56-renewal.conf", conf)
+        lab.run(M1, "rm", "-f", "/root/mailfleet-test56-renewal.conf")
+
+
 def test_a_forged_event_naming_another_host_is_refused(lab, reactor_live):
     """mail01 claims mail02's certificate is expiring: the runner refuses it (the claimed host
     is not the sending minion) and nothing is renewed on mail02."""

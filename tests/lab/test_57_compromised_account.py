@@ -172,3 +172,50 @@ def test_account_over_its_volume_is_held_then_refused_and_release_delivers(lab, 
         assert not [line for line in lines if "status=bounced" in line or "non-delivery" in line], lines
     for s in sent:
         assert not maildir_files_with(lab, ALICE, f"{s}@example-a.test"), s
+
+
+QUEUE_LOW = {"mailfleet": {"defense": {"queue": {"deferred": 3, "age": 14400, "interval": 5, "repeat": 3600}}}}
+NOWHERE = "nobody@[198.18.0.100]"  # `outside` runs no SMTP server: connection refused, deferred
+
+
+def queue_settings_in_force(lab):
+    return '"deferred": 3,' in lab.run("mail01", "cat", ENGINE_CONF).stdout
+
+
+def test_a_growing_deferred_queue_raises_an_alert_and_another_when_it_drains(lab, published, webhook):
+    """mail01's engine checks the queue every 5 s against a deferred threshold of 3 (command-line
+    pillar on mail.defense): three messages to a host where nothing listens are deferred (not
+    bounced), a queue_deferred alert reaches the webhook; the postmaster deletes them and a
+    queue_cleared alert follows."""
+    t = tag("queue")
+    ids = []
+    try:
+        for _ in range(3):
+            if queue_settings_in_force(lab):
+                break
+            apply_defense(lab, QUEUE_LOW)
+        assert queue_settings_in_force(lab)
+        for i in range(3):
+            lab.run("mail01", "sh", "-c", f"printf 'Subject: {t}-{i}\\n\\nqueue alert test\\n' | "
+                    f"sendmail -f postmaster@example-a.test '{NOWHERE}'")
+
+        def deferred():
+            mine = [m for m in queue(lab, "mail01")
+                    if any(r.get("address") == NOWHERE for r in m.get("recipients", []))]
+            ids[:] = [m["queue_id"] for m in mine]
+            return len(mine) == 3 and all(m["queue_name"] == "deferred" for m in mine)
+
+        wait(deferred, 60, "three deferred messages on mail01")
+        over = wait(lambda: alerts(webhook, "queue_deferred", H1), 60, "the queue_deferred alert")
+        assert over[0]["details"]["deferred"] >= 3 and over[0]["details"]["state"] == "over", over[0]
+        assert over[0]["details"]["thresholds"]["deferred"] == 3
+        for qid in ids:  # what a postmaster does about mail that can never be delivered
+            lab.run("mail01", "postsuper", "-d", qid)
+        cleared = wait(lambda: alerts(webhook, "queue_cleared", H1), 60, "the queue_cleared alert")
+        assert cleared[0]["severity"] == "info"
+        for qid in ids:  # deferred, never bounced
+            assert not [ln for ln in log_lines(lab, "mail01", f"{qid}:") if "status=bounced" in ln]
+    finally:
+        for qid in ids:
+            lab.run("mail01", "postsuper", "-d", qid, check=False)
+        apply_defense(lab)
