@@ -21,12 +21,12 @@ Master config::
     ext_pillar:
       - mailfleet_bans: {}
 """
-import importlib.util
 import logging
-import os
-import sqlite3
-import sys
 import time
+
+# salt://_utils: Salt's pillar loader puts the utils directories on sys.path while it loads
+import mailfleet_ledger
+import mailfleet_outbound_mode
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +38,16 @@ def __virtual__():
 
 
 def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-argument
-    path = __opts__.get("mailfleet_ledger") or os.path.join(__opts__["cachedir"], "mailfleet", "ledger.sqlite")  # noqa: F821
     now = time.time()
     out = {"active": {}, "revoked": [], "generated": now}
-    if not os.path.exists(path):
+    db = mailfleet_ledger.connect_ro(mailfleet_ledger.path(__opts__))  # noqa: F821
+    if db is None:
         return {"mailfleet_bans": out, "mailfleet_outbound": {"mode": "normal", "admit": []},
                 "mailfleet_sasl_holds": {}}
     memory = ((__opts__.get("mailfleet_defense") or {}).get("revoked_memory") or 7 * 86400)  # noqa: F821
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
         # (the file may exist without the bans table: the DNSBL runner's tables came first)
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='bans'").fetchone():
+        if mailfleet_ledger.has_table(db, "bans"):
             for addr, exp in db.execute("SELECT address, max(expires) FROM bans WHERE revoked IS NULL"
                                         " AND not_before<=? AND expires>? GROUP BY address", (now, now)):
                 out["active"][addr] = exp
@@ -66,7 +65,7 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
 def _sasl_holds(db):
     """{user: hold|refuse} in force, the same on every host (an account is held fleet-wide)."""
     try:
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sasl_holds'").fetchone():
+        if not mailfleet_ledger.has_table(db, "sasl_holds"):
             return {}
         return {r[0]: r[1] for r in db.execute(
             "SELECT user, mode FROM sasl_holds WHERE released IS NULL ORDER BY id")}
@@ -77,27 +76,14 @@ def _sasl_holds(db):
 
 # --- outbound mode (DNSBL) ----------------------------------------------------------------
 
-def _outbound_module():
-    """_runners/mailfleet_reroute.py (its pure ``outbound_pillar``), beside this file."""
-    if "mailfleet_reroute" in sys.modules and hasattr(sys.modules["mailfleet_reroute"], "outbound_pillar"):
-        return sys.modules["mailfleet_reroute"]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "_runners", "mailfleet_reroute.py")
-    spec = importlib.util.spec_from_file_location("mailfleet_reroute_pure", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _outbound(minion_id, db, now):
     try:
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbound'").fetchone():
+        if not mailfleet_ledger.has_table(db, "outbound"):
             return {"mode": "normal", "admit": []}
-        db.row_factory = sqlite3.Row
         rows = [dict(r) for r in db.execute("SELECT * FROM outbound")]
-        mod = _outbound_module()
-        conf = dict(mod.DEFAULTS)
+        conf = dict(mailfleet_outbound_mode.DEFAULTS)
         conf.update(__opts__.get("mailfleet_reroute") or {})  # noqa: F821
-        return mod.outbound_pillar(minion_id, rows, now, conf)
+        return mailfleet_outbound_mode.outbound_pillar(minion_id, rows, now, conf)
     except Exception:  # pylint: disable=broad-except
         # never "normal" by accident: a host's last rendered mode stays until this is fixed
         log.exception("mailfleet_bans: outbound mode of %s", minion_id)

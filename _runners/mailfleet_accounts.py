@@ -36,9 +36,11 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import threading
 import time
+
+# salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_ledger
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +137,7 @@ class Holds:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(self.SCHEMA)
-        try:
-            os.chmod(self.path, 0o600)
-        except OSError:  # pragma: no cover
-            pass
+        self.db = mailfleet_ledger.connect(self.path, self.SCHEMA)
 
     def close(self):
         self.db.close()
@@ -188,8 +182,7 @@ def pillar_holds(db):
 # --- Salt glue -------------------------------------------------------------------------------
 
 def _ledger_path():
-    opts = __opts__  # noqa: F821
-    return opts.get("mailfleet_ledger") or os.path.join(opts["cachedir"], "mailfleet", "ledger.sqlite")
+    return mailfleet_ledger.path(__opts__)  # noqa: F821
 
 
 def _target():

@@ -35,12 +35,14 @@ import json
 import logging
 import os
 import smtplib
-import sqlite3
 import time
 import urllib.request
 from email.message import EmailMessage
 
 import yaml
+
+# salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_ledger
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +100,7 @@ class Throttle:
     """
 
     def __init__(self, path, period=60, burst=1, kind_burst=10):
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.fspath(path)) or ".", mode=0o700, exist_ok=True)
-        self.db = sqlite3.connect(os.fspath(path), timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(self.SCHEMA)
-        if path != ":memory:":
-            os.chmod(path, 0o600)  # the master's ledger: root only
+        self.db = mailfleet_ledger.connect(path, self.SCHEMA, rows=False)
         self.period, self.burst, self.kind_burst = period, int(burst), int(kind_burst)
 
     def close(self):
@@ -216,8 +212,7 @@ def _conf():
 
 
 def _ledger():
-    opts = __opts__  # noqa: F821
-    return opts.get("mailfleet_ledger") or os.path.join(opts["cachedir"], "mailfleet", "ledger.sqlite")
+    return mailfleet_ledger.path(__opts__)  # noqa: F821
 
 
 def _fire(tag, data):

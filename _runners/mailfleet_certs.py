@@ -31,11 +31,12 @@ Master config (defaults)::
 """
 import json
 import logging
-import os
 import re
-import sqlite3
 import threading
 import time
+
+# salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_ledger
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +143,7 @@ class Ledger:
     """
 
     def __init__(self, path):
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(self.SCHEMA)
-        try:
-            os.chmod(path, 0o600)
-        except OSError:  # pragma: no cover
-            pass
+        self.db = mailfleet_ledger.connect(path, self.SCHEMA)
 
     def close(self):
         self.db.close()
@@ -199,8 +191,7 @@ def _conf():
 
 
 def _ledger_path():
-    opts = __opts__  # noqa: F821
-    return opts.get("mailfleet_ledger") or os.path.join(opts["cachedir"], "mailfleet", "ledger.sqlite")
+    return mailfleet_ledger.path(__opts__)  # noqa: F821
 
 
 def host_lineages(minion, pillar):

@@ -37,9 +37,11 @@ import ipaddress
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
+
+# salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_ledger
 
 log = logging.getLogger(__name__)
 
@@ -227,15 +229,7 @@ class Ledger:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(self.SCHEMA)
-        try:
-            os.chmod(self.path, 0o600)
-        except OSError:  # pragma: no cover
-            pass
+        self.db = mailfleet_ledger.connect(self.path, self.SCHEMA)
 
     def close(self):
         self.db.close()
@@ -308,7 +302,7 @@ class Ledger:
 
 
 def ledger_path(opts):
-    return opts.get("mailfleet_ledger") or os.path.join(opts["cachedir"], "mailfleet", "ledger.sqlite")
+    return mailfleet_ledger.path(opts)
 
 
 # --- Salt glue --------------------------------------------------------------------------------

@@ -50,8 +50,12 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import time
+
+# salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_ledger
+from mailfleet_outbound_mode import DEFAULTS as OUTBOUND_DEFAULTS
+from mailfleet_outbound_mode import admit_entry, outbound_pillar, relayhost  # noqa: F401  (names of this runner too)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,7 @@ MODES = ("normal", "relay", "hold")
 MAX_TRANSITIONS = 500
 MAX_EVENT_BYTES = 256 << 10
 ZONE_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
-DEFAULTS = {"hold_lifetime": "100d", "grace": 172800, "held_alert": 86400, "apply_timeout": 300,
-            "sls": "mail.dnsbl"}
+DEFAULTS = dict(OUTBOUND_DEFAULTS, held_alert=86400, apply_timeout=300, sls="mail.dnsbl")
 
 
 class _Lock:
@@ -205,38 +208,7 @@ def steps(desired, current, admits=None):
     return first + then + last
 
 
-def relayhost(ip):
-    addr = ipaddress.ip_address(ip)
-    return f"[{addr}]:25" if addr.version == 4 else f"[ipv6:{addr}]:25"
-
-
-def admit_entry(ip):
-    addr = ipaddress.ip_address(ip)
-    return f"{addr}/32" if addr.version == 4 else f"[{addr}]/128"
-
-
-def outbound_pillar(minion_id, rows, now, conf):
-    """Pillar ``mailfleet_outbound`` of one minion from the ledger's ``outbound`` rows (dicts).
-    Shared by the ext_pillar (_pillar/mailfleet_bans.py) and :func:`status`."""
-    own = next((r for r in rows if r["host"] == minion_id), None)
-    out = {"mode": "normal", "admit": []}
-    if own:
-        out["mode"] = own["mode"]
-        out["since"] = own["since"]
-        out["reason"] = own["reason"]
-        if own["mode"] == "relay" and own["relayhost"]:
-            out["relayhost"] = own["relayhost"]
-            out["peer"] = own["peer"]
-        ended = own.get("hold_ended")
-        if own["mode"] == "hold" or (ended and now - ended < float(conf["grace"])):
-            out["queue_lifetime"] = conf["hold_lifetime"]
-    admit = set()
-    for r in rows:
-        if r.get("admit_peer") == minion_id and r["host"] != minion_id:
-            for ip in json.loads(r.get("ips") or "[]"):
-                admit.add(admit_entry(ip))
-    out["admit"] = sorted(admit)
-    return out
+# relayhost, admit_entry, outbound_pillar: _utils/mailfleet_outbound_mode.py (the ext_pillar uses them too)
 
 
 # --- the ledger's tables -------------------------------------------------------------------
@@ -258,16 +230,7 @@ class Store:
     """
 
     def __init__(self, path):
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(self.SCHEMA)
-        try:
-            os.chmod(path, 0o600)
-        except OSError:  # pragma: no cover
-            pass
+        self.db = mailfleet_ledger.connect(path, self.SCHEMA)
 
     def close(self):
         self.db.close()
@@ -335,8 +298,7 @@ def _conf():
 
 
 def _ledger_path():
-    opts = __opts__  # noqa: F821
-    return opts.get("mailfleet_ledger") or os.path.join(opts["cachedir"], "mailfleet", "ledger.sqlite")
+    return mailfleet_ledger.path(__opts__)  # noqa: F821
 
 
 def _cache():

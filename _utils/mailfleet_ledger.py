@@ -1,0 +1,62 @@
+"""
+The master's ledger file: one sqlite database shared by the runners (bans, certificate
+actions, outbound modes, SASL holds, alerts) and read by the ``mailfleet_bans`` ext_pillar.
+
+Each runner keeps its own tables and queries; what they share is here: where the file is and
+how it is opened. The runners and the ext_pillar ``import mailfleet_ledger``: Salt's runner
+and pillar loaders put the utils directories (``salt://_utils``, synced to the master's
+extension_modules or found through ``module_dirs``) on ``sys.path`` while they load.
+"""
+import os
+import sqlite3
+
+__virtualname__ = "mailfleet_ledger"
+
+BUSY_TIMEOUT = 30  # seconds a writer waits for another (reactor threads, runner CLIs, schedules)
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def path(opts):
+    """The ledger's path: master option ``mailfleet_ledger``, else ``<cachedir>/mailfleet/ledger.sqlite``."""
+    return opts.get("mailfleet_ledger") or os.path.join(opts["cachedir"], "mailfleet", "ledger.sqlite")
+
+
+def connect(file, schema, rows=True):
+    """Open (creating) the ledger at ``file`` with ``schema`` applied (CREATE ... IF NOT EXISTS).
+
+    Autocommit (``isolation_level=None``): callers group writes with ``BEGIN IMMEDIATE``, so a
+    decision and its record are one transaction. WAL, so the ext_pillar and ``salt-run``
+    listings read while a runner writes. The file is root-only (it names attackers' addresses
+    and the postmaster's users); ``":memory:"`` is accepted for tests."""
+    file = os.fspath(file)
+    memory = file == ":memory:"
+    if not memory:
+        os.makedirs(os.path.dirname(file) or ".", mode=0o700, exist_ok=True)
+    db = sqlite3.connect(file, timeout=BUSY_TIMEOUT, isolation_level=None)
+    if rows:
+        db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(schema)
+    if not memory:
+        try:
+            os.chmod(file, 0o600)
+        except OSError:  # pragma: no cover  (a file we cannot chmod is not ours to fix here)
+            pass
+    return db
+
+
+def connect_ro(file):
+    """Open the ledger read-only (the ext_pillar); None when it does not exist yet."""
+    file = os.fspath(file)
+    if not os.path.exists(file):
+        return None
+    db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def has_table(db, name):
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
