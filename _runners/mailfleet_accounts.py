@@ -34,12 +34,12 @@ host now).
 """
 import json
 import logging
-import os
 import re
 import threading
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_events
 import mailfleet_ledger
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def check_queue(payload):
 
 # --- ledger ----------------------------------------------------------------------------------
 
-class Holds:
+class Holds(mailfleet_ledger.Tables):
     """Table ``sasl_holds`` in the ledger file: one row per hold episode of a user."""
 
     SCHEMA = """
@@ -134,20 +134,6 @@ class Holds:
         released REAL, released_by TEXT);
     CREATE INDEX IF NOT EXISTS sasl_holds_user ON sasl_holds(user, released);
     """
-
-    def __init__(self, path):
-        self.path = os.fspath(path)
-        self.db = mailfleet_ledger.connect(self.path, self.SCHEMA)
-
-    def close(self):
-        self.db.close()
-
-    def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
-        return self
-
-    def __exit__(self, exc_type, *_):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
     def current(self):
         return {r["user"]: r["mode"] for r in self.db.execute(
@@ -191,11 +177,7 @@ def _target():
 
 
 def _alert(kind, subject, message, details=None, severity="warning"):
-    try:
-        return __salt__["mailfleet_alert.send"](kind, subject, message, details=details, severity=severity)  # noqa: F821
-    except Exception:  # pylint: disable=broad-except
-        log.exception("mailfleet_accounts: alert %s/%s failed", kind, subject)
-        return None
+    return mailfleet_events.alert(__salt__, "mailfleet_accounts", kind, subject, message, details, severity)  # noqa: F821
 
 
 def _push(holds, release=None, timeout=60):

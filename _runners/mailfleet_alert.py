@@ -42,6 +42,7 @@ from email.message import EmailMessage
 import yaml
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_events
 import mailfleet_ledger
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def clip(text, n=MAX_FIELD):
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-class Throttle:
+class Throttle(mailfleet_ledger.Tables):
     """Per kind+subject and per kind windows, in sqlite (``path``; ``:memory:`` in tests)."""
 
     SCHEMA = """
@@ -99,12 +100,11 @@ class Throttle:
     CREATE INDEX IF NOT EXISTS alerts_key ON alerts(kind, subject, created);
     """
 
-    def __init__(self, path, period=60, burst=1, kind_burst=10):
-        self.db = mailfleet_ledger.connect(path, self.SCHEMA, rows=False)
-        self.period, self.burst, self.kind_burst = period, int(burst), int(kind_burst)
+    ROWS = False
 
-    def close(self):
-        self.db.close()
+    def __init__(self, path, period=60, burst=1, kind_burst=10):
+        super().__init__(path)
+        self.period, self.burst, self.kind_burst = period, int(burst), int(kind_burst)
 
     def decide(self, kind, subject, message, now):
         """(send, suppressed_before, row id): record this alert and say whether it goes out.
@@ -216,9 +216,7 @@ def _ledger():
 
 
 def _fire(tag, data):
-    import salt.utils.event
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as ev:  # noqa: F821
-        ev.fire_event(data, tag)
+    mailfleet_events.fire(__opts__, tag, data)  # noqa: F821
 
 
 def send(kind, subject, message, details=None, severity="warning"):

@@ -36,6 +36,7 @@ import threading
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_events
 import mailfleet_ledger
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def verdict(action, old_serial, status, threshold_days):
     return True, f"serial {disk['serial']} served, {disk.get('days_left')} days left"
 
 
-class Ledger:
+class Ledger(mailfleet_ledger.Tables):
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS cert_actions (
         id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, lineage TEXT NOT NULL,
@@ -141,12 +142,6 @@ class Ledger:
         old_serial TEXT, new_serial TEXT, ok INTEGER, result TEXT, cleared INTEGER NOT NULL DEFAULT 0);
     CREATE INDEX IF NOT EXISTS cert_actions_key ON cert_actions(host, lineage, action, time);
     """
-
-    def __init__(self, path):
-        self.db = mailfleet_ledger.connect(path, self.SCHEMA)
-
-    def close(self):
-        self.db.close()
 
     def last_attempt(self, host, lineage, action):
         row = self.db.execute("SELECT MAX(time) FROM cert_actions WHERE host=? AND lineage=? AND action=?"
@@ -223,17 +218,11 @@ def _call(host, fun, arg=(), kwarg=None, timeout=120):
 
 
 def _alert(kind, subject, message, details=None, severity="warning"):
-    try:
-        return __salt__["mailfleet_alert.send"](kind, subject, message, details=details, severity=severity)  # noqa: F821
-    except Exception:  # pylint: disable=broad-except
-        log.exception("mailfleet_certs: alert %s/%s failed", kind, subject)
-        return None
+    return mailfleet_events.alert(__salt__, "mailfleet_certs", kind, subject, message, details, severity)  # noqa: F821
 
 
 def _fire(tag, data):
-    import salt.utils.event
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as ev:  # noqa: F821
-        ev.fire_event(data, tag)
+    mailfleet_events.fire(__opts__, tag, data)  # noqa: F821
 
 
 def _reprobe(host, name, action, old_serial, conf, threshold):

@@ -36,11 +36,11 @@ parts of each report before any address is judged).
 import ipaddress
 import json
 import logging
-import os
 import threading
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_events
 import mailfleet_ledger
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def decide(offenders, sender, now, pol, nets, ledger):
 
 # --- the ledger ----------------------------------------------------------------------------
 
-class Ledger:
+class Ledger(mailfleet_ledger.Tables):
     """Every ban on the master, in sqlite (WAL: concurrent reactor threads, crash-safe)."""
 
     SCHEMA = """
@@ -226,20 +226,6 @@ class Ledger:
     CREATE INDEX IF NOT EXISTS bans_reporter ON bans(reporter, not_before);
     CREATE INDEX IF NOT EXISTS bans_pending ON bans(applied, not_before);
     """
-
-    def __init__(self, path):
-        self.path = os.fspath(path)
-        self.db = mailfleet_ledger.connect(self.path, self.SCHEMA)
-
-    def close(self):
-        self.db.close()
-
-    def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
-        return self
-
-    def __exit__(self, exc_type, *_):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
     def is_banned(self, address, now):
         return self.db.execute(
@@ -374,9 +360,7 @@ def _minion_addresses():
 
 
 def _fire(tag, data):
-    import salt.utils.event
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as ev:  # noqa: F821
-        ev.fire_event(data, tag)
+    mailfleet_events.fire(__opts__, tag, data)  # noqa: F821
 
 
 _SEND_LOCK = threading.Lock()  # reactor runners run in a thread pool; one shared client

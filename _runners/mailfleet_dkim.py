@@ -32,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_pure
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_dkim"
@@ -41,11 +44,8 @@ MAX_STEPS = 12
 
 
 def _load(name):
-    here = Path(__file__).resolve().parents[1] / "_modules" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_mailfleet_runner_{name}", here)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """Our pure execution modules (a runner's __salt__ holds runners)."""
+    return mailfleet_pure.load(name, __file__)
 
 
 dkim = _load("mailfleet_dkim")

@@ -30,13 +30,14 @@ CLI Example:
 Every return holds ``retcode`` (0 or 1): salt-run exits with it, so scripts can tell a
 refused publish or a failed verification from success.
 """
-import importlib.util
 import ipaddress
 import json
 import logging
 import os
 import re
-from pathlib import Path
+
+# salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_pure
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,8 @@ MACHINE_OUTPUTS = ("json", "yaml", "raw", "pprint", "newline_values_only", "key"
 
 
 def _load(name):
-    """Our pure execution modules, loaded by path (a runner's __salt__ holds runners)."""
-    here = Path(__file__).resolve().parents[1] / "_modules" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_mailfleet_runner_{name}", here)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """Our pure execution modules (a runner's __salt__ holds runners)."""
+    return mailfleet_pure.load(name, __file__)
 
 
 records = _load("mailfleet_dnsrecords")

@@ -46,6 +46,9 @@ import sys
 
 from salt.exceptions import SaltInvocationError
 
+# salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_pure
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_password"
@@ -68,15 +71,9 @@ def __virtual__():
 
 
 def _load_module():
-    """The execution module, loaded by path: its input checks are the runner's too
-    (a runner's __salt__ holds runners, not execution modules)."""
-    import importlib.util
-    from pathlib import Path
-    here = Path(__file__).resolve().parents[1] / "_modules" / "mailfleet_password.py"
-    spec = importlib.util.spec_from_file_location("_mailfleet_runner_password", here)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The execution module: its input checks are the runner's too (a runner's __salt__
+    holds runners, not execution modules)."""
+    return mailfleet_pure.load("mailfleet_password", __file__)
 
 
 _checks = _load_module()

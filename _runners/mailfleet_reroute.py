@@ -53,6 +53,7 @@ import re
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_events
 import mailfleet_ledger
 from mailfleet_outbound_mode import DEFAULTS as OUTBOUND_DEFAULTS
 from mailfleet_outbound_mode import admit_entry, outbound_pillar, relayhost  # noqa: F401  (names of this runner too)
@@ -213,7 +214,7 @@ def steps(desired, current, admits=None):
 
 # --- the ledger's tables -------------------------------------------------------------------
 
-class Store:
+class Store(mailfleet_ledger.Tables):
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS dnsbl_listings (
         id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, ip TEXT NOT NULL,
@@ -228,12 +229,6 @@ class Store:
         id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, time REAL NOT NULL,
         action TEXT NOT NULL, peer TEXT, reason TEXT NOT NULL, result TEXT);
     """
-
-    def __init__(self, path):
-        self.db = mailfleet_ledger.connect(path, self.SCHEMA)
-
-    def close(self):
-        self.db.close()
 
     def record(self, host, t, now):
         """Apply one checked transition to the listings; True when it changed anything."""
@@ -367,17 +362,11 @@ def _apply(host, conf):
 
 
 def _alert(kind, subject, message, details=None, severity="warning"):
-    try:
-        return __salt__["mailfleet_alert.send"](kind, subject, message, details=details, severity=severity)  # noqa: F821
-    except Exception:  # pylint: disable=broad-except
-        log.exception("mailfleet_reroute: alert %s/%s failed", kind, subject)
-        return None
+    return mailfleet_events.alert(__salt__, "mailfleet_reroute", kind, subject, message, details, severity)  # noqa: F821
 
 
 def _fire(tag, data):
-    import salt.utils.event
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as ev:  # noqa: F821
-        ev.fire_event(data, tag)
+    mailfleet_events.fire(__opts__, tag, data)  # noqa: F821
 
 
 def _converge(store, fleet, conf, reason, now):

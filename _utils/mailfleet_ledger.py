@@ -60,3 +60,27 @@ def connect_ro(file):
 
 def has_table(db, name):
     return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
+class Tables:
+    """Base of a runner's own tables in the ledger: ``SCHEMA`` is applied when opened, and
+    ``with tables:`` is one write transaction (BEGIN IMMEDIATE: writers wait their turn, so a
+    decision and its record cannot interleave with another thread's)."""
+
+    SCHEMA = ""
+    ROWS = True  # sqlite3.Row results (name access); False for plain tuples
+
+    def __init__(self, file):
+        self.path = os.fspath(file)
+        self.db = connect(self.path, self.SCHEMA, rows=self.ROWS)
+
+    def close(self):
+        self.db.close()
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+

@@ -1,0 +1,31 @@
+"""
+What the master-side runners say: a Salt event on the master bus, and an alert through the
+``mailfleet_alert`` runner (webhook, mail, event; deduplicated there). An alert that cannot
+be sent is logged, never raised: the reaction it reports has already happened.
+"""
+import logging
+
+__virtualname__ = "mailfleet_events"
+
+log = logging.getLogger(__name__)
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def fire(opts, tag, data):
+    """Fire ``data`` on the master's event bus under ``tag``."""
+    import salt.utils.event  # pylint: disable=import-outside-toplevel
+    with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as ev:
+        ev.fire_event(data, tag)
+
+
+def alert(runners, source, kind, subject, message, details=None, severity="warning"):
+    """``mailfleet_alert.send`` through the caller's ``__salt__`` (its runners); the alert's
+    ledger row, or None when it failed (logged under ``source``)."""
+    try:
+        return runners["mailfleet_alert.send"](kind, subject, message, details=details, severity=severity)
+    except Exception:  # pylint: disable=broad-except
+        log.exception("%s: alert %s/%s failed", source, kind, subject)
+        return None
