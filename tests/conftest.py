@@ -1,7 +1,6 @@
 """Test-wide settings. Lab fixtures live in tests/lab/conftest.py."""
 import pathlib
 import shutil
-import sys
 import tempfile
 
 import pytest
@@ -42,13 +41,3 @@ def event_listener():
     listener.address = f"tcp://127.0.0.1:{listener.port}"
     with listener:
         yield listener
-
-
-def pytest_unconfigure(config):
-    """Salt's logging, once imported, buffers warnings in a deferred stderr handler that it
-    flushes at exit, into pytest's capture stream, closed by then ("--- Logging error ---" by
-    the dozen after the summary). pytest has already captured those records per test."""
-    impl = sys.modules.get("salt._logging.impl")
-    if impl is not None:
-        impl.shutdown_temp_handler()
-
