@@ -16,6 +16,7 @@ CLI Example:
     salt-run mailcheck.fleet --out=json          # results only, as JSON (no table)
 """
 import logging
+import time
 
 import salt.client
 
@@ -40,6 +41,9 @@ def _failure(detail):
     return [{"check": "minion", "ok": False, "detail": detail}]
 
 
+NO_RETURN = "no return: minion down, unreachable or timed out"
+
+
 def normalize_return(data):
     """
     One minion's job return (``cmd_iter`` with ``full_return``) as a list of result dicts.
@@ -49,7 +53,7 @@ def normalize_return(data):
     if not isinstance(data, dict):
         return _failure(f"unexpected return: {data!r}")
     if data.get("failed"):
-        return _failure("no return: minion down, unreachable or timed out")
+        return _failure(NO_RETURN)
     ret = data.get("ret")
     if isinstance(ret, list) and all(isinstance(r, dict) and "check" in r for r in ret):
         return [{"check": str(r["check"]), "ok": r.get("ok") is True,
@@ -114,13 +118,25 @@ def ritual_kwargs(kwargs):
 
 
 def _collect(tgt, tgt_type, kwarg, wait):
-    returns = {}
-    with salt.client.LocalClient(mopts=__opts__) as client:
-        for item in client.cmd_iter(tgt, "mailcheck.ritual", kwarg=kwarg, tgt_type=tgt_type,
-                                    timeout=wait, expect_minions=True):
-            for minion, data in (item or {}).items():
-                returns[minion] = normalize_return(data)
-    return returns
+    """Every matched host's ritual; a host that did not answer (reconnecting) is asked again
+    until ``mailfleet_ask_bound`` seconds (master config, default 60) have passed."""
+    returns, first = {}, True
+    end = time.monotonic() + float(__opts__.get("mailfleet_ask_bound", 60))  # noqa: F821
+    with salt.client.LocalClient(mopts=__opts__) as client:  # noqa: F821
+        while True:
+            ask = (tgt, tgt_type) if first else (sorted(m for m, r in returns.items() if _no_return(r)), "list")
+            for item in client.cmd_iter(ask[0], "mailcheck.ritual", kwarg=kwarg, tgt_type=ask[1],
+                                        timeout=wait, expect_minions=True):
+                for minion, data in (item or {}).items():
+                    returns[minion] = normalize_return(data)
+            first = False
+            if not any(_no_return(r) for r in returns.values()) or time.monotonic() + 2 >= end:
+                return returns
+            time.sleep(2)
+
+
+def _no_return(results):
+    return len(results) == 1 and results[0]["check"] == "minion" and results[0]["detail"] == NO_RETURN
 
 
 # Outputs read by programs: the table would corrupt them, so it is left out.

@@ -37,6 +37,7 @@ import os
 import re
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_ask
 import mailfleet_pure
 
 log = logging.getLogger(__name__)
@@ -300,12 +301,14 @@ def _send(zone, ops):
 
 
 def _grains(tgt, tgt_type):
-    import salt.client
-
-    with salt.client.LocalClient(mopts=__opts__) as client:
-        ret = client.cmd(tgt, "grains.items", tgt_type=tgt_type,
-                         timeout=int(__opts__.get("timeout", 20) or 20))
-    return {m: g for m, g in (ret or {}).items() if isinstance(g, dict)}
+    """Grains of every matched host; one that is reconnecting is waited for, up to
+    ``mailfleet_ask_bound`` seconds (master config, default 60), then left out with a warning."""
+    ret, missing = mailfleet_ask.ask(__opts__, tgt, "grains.items", tgt_type=tgt_type,  # noqa: F821
+                                     bound=float(__opts__.get("mailfleet_ask_bound", 60)),  # noqa: F821
+                                     answered=lambda _m, g: isinstance(g, dict))
+    if missing:
+        log.warning("mailfleet_dns: no grains from %s within the bound: their records are not built", ", ".join(missing))
+    return ret
 
 
 def _pillar(minion, grains):

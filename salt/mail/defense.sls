@@ -37,42 +37,48 @@
 include:
   - mail.firewall
 
-mailfleet-defense-engine-conf:
-  file.managed:
-    - name: {{ conf_dir }}/mailfleet-defense.conf
-    - mode: "0600"
-    - contents: |
-        # Managed by mailfleet (salt/mail/defense.sls, pillar mailfleet:defense).
-        engines:
-          - mailfleet_watch:
-              log: {{ d.log | tojson }}
-              interval: {{ d.interval | float }}
-              poll: {{ d.poll | float }}
-              max_ips: {{ d.max_ips | int }}
-              thresholds: {{ d.thresholds | tojson }}
+{#- The detector (_utils/mailfleet_watch.py) runs under the minion's stock `script` engine
+    (stanza in config/minion.d/mailfleet.conf): this run writes its launcher and settings and
+    waits until it runs them. No minion restart, ever: settings are reloaded in place, a code
+    change restarts only the detector (issue 12). #}
+{%- set watch_dir = mf.lookup.watch_dir %}
+{%- set settings = {"host": grains["id"], "log": d.log, "interval": d.interval | float,
+                    "poll": d.poll | float, "max_ips": d.max_ips | int, "thresholds": d.thresholds,
+                    "state_file": opts["cachedir"] ~ "/mailfleet_watch.state",
+                    "queue": none, "dnsbl": none, "certs": none} %}
 {%- if d.get("queue", {}) is not none %}
-              queue: {{ salt["mailfleet_queue.queue_settings"](d.get("queue", {})) | tojson if "mailfleet_queue.queue_settings" in salt else (d.get("queue", {}) | tojson) }}
+{%-   do settings.update({"queue": salt["mailfleet_queue.queue_settings"](d.get("queue", {})) if "mailfleet_queue.queue_settings" in salt else d.get("queue", {})}) %}
 {%- endif %}
 {%- if dnsbl.get("enabled", True) %}
-              dnsbl: {{ dnsbl | tojson }}
+{%-   do settings.update({"dnsbl": dnsbl}) %}
 {%- endif %}
 {%- if d.get("cert_watch", True) %}
-              certs: {{ certs | tojson }}
+{%-   do settings.update({"certs": certs}) %}
 {%- endif %}
+mailfleet-watch-launcher:
+  file.managed:
+    - name: {{ watch_dir }}/run
+    - source: salt://mail/files/mailfleet-watch-run.jinja
+    - template: jinja
+    - makedirs: True
+    - dir_mode: "0700"
+    - mode: "0700"
+    - context:
+        python: {{ (grains.get("pythonexecutable") or "/usr/bin/python3") | tojson }}  {#- a core grain; the fallback is for renders with hand-made grains #}
+        extmods: {{ opts["extension_modules"] | tojson }}
+        watch_dir: {{ watch_dir | tojson }}
 
-{#- The engine config is read at minion start. Restart it only when the file changed, and
-    in the background after this run has returned (the documented pattern: cmd.run with
-    bg; systemd's --no-block so the restart does not wait for the job that asked for it). #}
-mailfleet-defense-minion-restart:
-  cmd.run:
-{%- if grains.get("os_family") == "FreeBSD" %}
-    - name: sleep 5; service salt_minion restart
-{%- else %}
-    - name: sleep 5; systemctl restart --no-block salt-minion
-{%- endif %}
-    - bg: True
-    - onchanges:
-      - file: mailfleet-defense-engine-conf
+mailfleet-watch-settings:
+  mailfleet_detector.configured:
+    - name: {{ watch_dir | tojson }}
+    - settings: {{ settings | tojson }}
+    - require:
+      - file: mailfleet-watch-launcher
+
+{#- Written by earlier versions (the engine's settings at minion start, then a restart). #}
+mailfleet-defense-engine-conf-legacy:
+  file.absent:
+    - name: {{ conf_dir }}/mailfleet-defense.conf
 
 {#- pf (FreeBSD): the ban table is not reconciled yet (rendered, not run). #}
 {%- if mf.lookup.firewall == "nftables" %}

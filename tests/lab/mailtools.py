@@ -75,3 +75,14 @@ def wait(predicate, timeout: float, what: str, step: float = 1):
             return value
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+DETECTOR_DIR = "/var/lib/mailfleet/watch"  # mailfleet:lookup:watch_dir's default
+
+
+def detector(lab, host: str) -> tuple[dict, dict]:
+    """The settings mail.defense last wrote for a host's detector, and its status (pid, the
+    digests of the settings and code it runs)."""
+    settings = json.loads(lab.run(host, "cat", f"{DETECTOR_DIR}/settings.json").stdout)
+    status = json.loads(lab.run(host, "cat", f"{DETECTOR_DIR}/status.json").stdout)
+    return settings, status

@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from conftest import _wait_minion_restarts, salt_run, state_failures
-from mailtools import wait
+from conftest import salt_run, state_failures
+from mailtools import detector, wait
 from mflab import fleet
 from test_55_dnsbl import _master_log_has, webhook  # noqa: F401  (fixture)
 
@@ -30,7 +30,7 @@ H1 = "mail01.lab.test"
 M1 = "mail01"  # the lab's name for the host (labctl exec)
 TAG = "mailfleet/cert/problem"
 FAST = {"cert_interval": 5, "cert_repeat": 10}
-REACT = 240  # seconds: minion restart + first probe round + certbot against Pebble + reload + re-probe
+REACT = 240  # seconds: first probe round + certbot against Pebble + reload + re-probe
 
 
 
@@ -55,20 +55,17 @@ def apply_defense(lab, extra=None):
         args.append("pillar=" + json.dumps({"mailfleet": {"defense": extra}}))
     ret = lab.salt(*args, timeout=600)
     assert not state_failures(ret), state_failures(ret)
-    _wait_minion_restarts(lab, ret, timeout=300)  # the engine reads its settings at minion start
     return ret
 
 
 def engine_certs(lab):
-    """The engine's certificate settings as mail.defense last wrote them on mail01."""
-    text = lab.run(M1, "cat", "/etc/salt/minion.d/mailfleet-defense.conf").stdout
-    line = [ln for ln in text.splitlines() if ln.strip().startswith("certs:")]
-    return json.loads(line[0].split(":", 1)[1]) if line else {}
+    """The detector's certificate settings as mail.defense last wrote them on mail01."""
+    return detector(lab, M1)[0].get("certs") or {}
 
 
 class Override:
     """The engine settings this test needs, kept in place: in a shared lab another run's
-    state.apply may write the pillar's settings back meanwhile (and restart the minion); they
+    state.apply may write the pillar's settings back meanwhile; they
     are applied again then, at most 3 times. A lone run (make test) never needs it."""
 
     def __init__(self, lab, extra):

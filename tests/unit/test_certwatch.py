@@ -307,27 +307,22 @@ def test_cert_reaction_passes_hostile_text_as_data(bad):
 # --- mail.defense hands the pillar to the engine (rendered through Salt, nothing runs) -------
 
 def _render_defense(tmp_path, defense):
+    """The settings mail.defense hands the detector (the mailfleet-watch-settings state)."""
     import salt.loader
     from salt_render import DEBIAN_GRAINS, SaltRender
     r = SaltRender(tmp_path, grains=DEBIAN_GRAINS, pillar={"mailfleet": {"defense": defense}})
     r.salt["saltutil.sync_modules"]()                     # our modules, as a minion has them
     r.salt = salt.loader.minion_mods(r.opts, utils=r.utils)
     high = r.show_sls("mail.defense")
-    (args,) = [a for sid, mod, fun, a in r.chunks(high) if sid == "mailfleet-defense-engine-conf"]
-    return args["contents"]
+    (args,) = [a for sid, mod, fun, a in r.chunks(high) if sid == "mailfleet-watch-settings"]
+    return args["settings"]
 
 
 def test_defense_sls_writes_the_certificate_settings_for_the_engine(tmp_path):
-    text = _render_defense(tmp_path / "a", {"cert_threshold_days": 30, "cert_interval": 600})
-    line = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("certs:")]
-    assert len(line) == 1 and json_line(line) == {
+    settings = _render_defense(tmp_path / "a", {"cert_threshold_days": 30, "cert_interval": 600})
+    assert settings["certs"] == {
         "interval": 600, "lineages": ["mail01.lab.test"], "live_dir": "/etc/letsencrypt/live", "threshold_days": 30}
-    assert "certs:" not in _render_defense(tmp_path / "b", {"cert_watch": False})
-
-
-def json_line(line):
-    import json
-    return json.loads(line[0].split(":", 1)[1])
+    assert _render_defense(tmp_path / "b", {"cert_watch": False})["certs"] is None
 
 
 def test_defense_sls_refuses_bad_certificate_pillar_naming_the_key(tmp_path):

@@ -131,6 +131,7 @@ def test_every_sls_renders_and_every_template_is_rendered(freebsd):
         "salt://mail/files/dovecot-sql.conf.ext.jinja", "salt://mail/files/nginx-mailfleet.conf.jinja",
         "salt://mail/files/pf.conf.jinja", "salt://mail/files/rspamd-local.conf.jinja",
         "salt://mail/files/nginx-mta-sts.conf.jinja",   # mail.mtasts (no domain with it here)
+        "salt://mail/files/mailfleet-watch-run.jinja",  # mail.defense: the detector's launcher
         # mail.webmail: the lab pillar switches Roundcube and PostfixAdmin on for mail01
         "salt://mail/files/php-fpm-pool.conf.jinja", "salt://mail/files/nginx-webmail.conf.jinja",
         "salt://mail/files/roundcube-config.inc.php.jinja",

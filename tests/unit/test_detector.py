@@ -1,0 +1,146 @@
+"""The detector program (_utils/mailfleet_watch.py) as the minion's script engine runs it:
+settings reloaded in place, its own code change ends it, nothing but JSON on stdout.
+Real files and a real subprocess; no Salt involved (the engine side is Salt's own code)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+import mailfleet_watch as watch
+
+REPO = Path(__file__).resolve().parents[2]
+RELAY = ("2026-11-25T19:56:01.000000+00:00 mail01 postfix/smtpd[4000]: NOQUEUE: reject: RCPT from "
+         "unknown[{ip}]: 454 4.7.1 <x@elsewhere.test>: Relay access denied; from=<y@a.test> "
+         "to=<x@elsewhere.test> proto=ESMTP helo=<a>\n")
+
+
+def _extmods(tmp_path):
+    """A minion's extension_modules layout holding copies of our code."""
+    root = tmp_path / "extmods"
+    for sub, name in watch.CODE_MODULES:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        src = REPO / ("_utils" if sub == "utils" else "_modules") / f"{name}.py"
+        shutil.copy(src, root / sub / f"{name}.py")
+    return root
+
+
+def _settings(log, relay_count, host="mail01.lab.test"):
+    return {"host": host, "log": str(log), "interval": 0.2, "poll": 0.05, "max_ips": 500,
+            "thresholds": {"relay": {"count": relay_count, "window": 600}},
+            "queue": None, "dnsbl": None, "certs": None}
+
+
+def _wait(pred, seconds=10.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_minion_config_shipped_names_the_same_engine_stanza():
+    conf = yaml.safe_load((REPO / "config" / "minion.d" / "mailfleet.conf").read_text())
+    assert conf["engines"] == [watch.ENGINE_STANZA]
+    assert conf["engines"][0]["mailfleet_watch"]["engine_module"] == "script"  # a core engine: no sync needed
+
+
+def test_a_lowered_threshold_bans_at_the_next_attempt_counting_the_earlier_ones_without_a_restart(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    wdir = tmp_path / "watch"
+    wdir.mkdir()
+    watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 10))
+    fired = []
+    det = watch.Detector(str(wdir), str(_extmods(tmp_path)), lambda data, tag: fired.append((tag, data)))
+    th = threading.Thread(target=det.run, kwargs={"max_seconds": 8}, daemon=True)
+    th.start()
+    assert _wait(lambda: det.conf is not None), "the detector did not load its settings"
+    first_status = json.loads((wdir / watch.STATUS).read_text())
+    with open(log, "a") as fh:
+        fh.write(RELAY.format(ip="198.19.7.7") * 4)
+    time.sleep(1.0)
+    assert fired == [], "4 relay attempts under a threshold of 10 were reported"
+    watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 3))
+    assert _wait(lambda: json.loads((wdir / watch.STATUS).read_text())["settings"] != first_status["settings"])
+    with open(log, "a") as fh:  # one more: 5 in the window, over 3 (a fresh count would be 1)
+        fh.write(RELAY.format(ip="198.19.7.7"))
+    assert _wait(lambda: fired), "the lowered threshold was not applied"
+    tag, data = fired[0]
+    assert tag == watch.TAG and [(o["ip"], o["rules"]) for o in data["offenders"]] == [("198.19.7.7", {"relay": 5})]
+    status = json.loads((wdir / watch.STATUS).read_text())
+    assert status["pid"] == first_status["pid"] == os.getpid()      # same process: no restart
+    assert status["settings"] != first_status["settings"]
+    th.join(10)
+
+
+def test_broken_settings_keep_the_ones_in_force(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    wdir = tmp_path / "watch"
+    wdir.mkdir()
+    watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 3))
+    det = watch.Detector(str(wdir), None, lambda data, tag: None)
+    assert det.reload() and det.watcher.agg.rules["relay"]["count"] == 3
+    (wdir / watch.SETTINGS).write_text('{"host": "mail01.lab.test", "thresholds": {"relay": {"count": -1}}}')
+    assert not det.reload()
+    (wdir / watch.SETTINGS).write_text("{not json")
+    assert not det.reload()
+    assert det.watcher.agg.rules["relay"]["count"] == 3
+
+
+def test_the_detector_ends_when_its_code_changes_so_the_engine_runs_the_new_code(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    wdir = tmp_path / "watch"
+    wdir.mkdir()
+    ext = _extmods(tmp_path)
+    watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 3))
+    det = watch.Detector(str(wdir), str(ext), lambda data, tag: None)
+    th = threading.Thread(target=det.run, kwargs={"max_seconds": 30}, daemon=True)
+    th.start()
+    assert _wait(lambda: det.conf is not None)
+    time.sleep(1.2)
+    assert th.is_alive()
+    with open(ext / "modules" / "mailfleet_maillog.py", "a") as fh:
+        fh.write("\n# a new version\n")
+    th.join(5)
+    assert not th.is_alive(), "the detector kept running old code"
+
+
+def test_the_launcher_prints_only_event_lines_and_logs_elsewhere(tmp_path):
+    """The launcher as mail.defense renders it, run as the script engine runs it."""
+    import jinja2
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    wdir = tmp_path / "watch"
+    wdir.mkdir()
+    ext = _extmods(tmp_path)
+    watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 3))
+    env = jinja2.Environment()
+    env.filters["tojson"] = json.dumps
+    text = env.from_string((REPO / "salt" / "mail" / "files" / "mailfleet-watch-run.jinja").read_text()).render(
+        python=sys.executable, extmods=str(ext), watch_dir=str(wdir))
+    run = wdir / "run"
+    run.write_text(text)
+    run.chmod(0o700)
+    proc = subprocess.Popen([str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={"PATH": os.environ["PATH"], "MAILFLEET_WATCH_LOG": str(tmp_path / "w.log")})
+    try:
+        assert _wait(lambda: (wdir / watch.STATUS).exists()), (tmp_path / "w.log").read_text()
+        with open(log, "a") as fh:
+            fh.write(RELAY.format(ip="2001:db8::77") * 3)
+        line = proc.stdout.readline()
+        event = json.loads(line)  # the engine's deserializer: every line must be JSON
+        assert event["tag"] == watch.TAG and event["data"]["host"] == "mail01.lab.test"
+        assert [o["ip"] for o in event["data"]["offenders"]] == ["2001:db8::77"]
+        assert "following" in (tmp_path / "w.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
