@@ -54,3 +54,16 @@ def test_the_read_only_view_cannot_write_and_a_missing_ledger_is_none(tmp_path):
             ro.execute("INSERT INTO bans (address) VALUES ('198.19.0.2')")
     finally:
         ro.close()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14: fixed in the next commit")
+def test_the_ledger_wal_and_shm_files_are_root_only_too(tmp_path):
+    old = os.umask(0o022)  # a master's usual umask
+    try:
+        db = ml.connect(tmp_path / "ledger.sqlite", "CREATE TABLE IF NOT EXISTS t (x)")
+        db.execute("INSERT INTO t VALUES (1)")
+        for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"):
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
+        db.close()
+    finally:
+        os.umask(old)
