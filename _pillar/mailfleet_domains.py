@@ -42,6 +42,18 @@ per folder under the master's cachedir (``mailfleet_domains/``, root only, writt
 atomically), from which a cold worker starts in under a second instead of re-parsing
 10,000 YAML files (about 9 s). Order ``mailfleet_domains`` last among ext_pillars: Salt
 deep-copies the pillar gathered so far before merging each further source into it.
+
+A broken input never takes a domain offline (issue 14). Every file is checked by the one
+pillar validator (_utils/mailfleet_pillar.py) before any host receives it: a file that does
+not parse, or whose names or values are invalid (a domain name that is not one, ``hosts``
+that is not a list of exact minion ids, a local part with ``/``, a plaintext password ...),
+is refused with an error naming the file and the pillar key, an alert is raised
+(``mailfleet_alert``, kind ``pillar_refused``), and its last good version stays in service:
+the parse cache holds only good versions, and its disk copy survives a master restart. A
+domain declared in two files (in one folder or several) is an error too: it stays with the
+file that declared it first (``owners.json`` beside the parse cache) and the other file's
+hosts receive nothing of it, neither its mailboxes nor its DKIM key. Removing a file is how
+a domain is removed.
 """
 import hashlib
 import json
@@ -52,6 +64,8 @@ import sys
 import types
 
 import yaml
+
+import mailfleet_pillar
 
 try:
     import msgpack
@@ -81,6 +95,10 @@ if not hasattr(_SHARED, "files"):
     _SHARED.files = {}
 if not hasattr(_SHARED, "disk"):  # a worker that loaded an older version of this module has files only
     _SHARED.disk = {}  # cache file -> (its mtime_ns, its entries), as last read
+if not hasattr(_SHARED, "refused"):
+    _SHARED.refused = {}  # path -> ((mtime_ns, size), problems): a version refused, not re-parsed
+if not hasattr(_SHARED, "owners"):
+    _SHARED.owners = {}  # cache file -> (its mtime_ns, {domain: path})
 _CACHE = _SHARED.files
 
 
@@ -125,26 +143,78 @@ def as_written(wire):
     return out
 
 
-def _domains_in(path, disk=None, counts=None):
+def _parse(path):
+    """``(wire domains, problems)`` of one file as it is on disk now."""
+    try:
+        with open(path, "rb") as handle:
+            data = yaml.load(handle, Loader=_Loader) or {}
+    except yaml.YAMLError as err:
+        return {}, [f"{path}: does not parse: {err}"]
+    if not isinstance(data, dict):
+        return {}, [f"{path}: not a mapping"]
+    domains = (data.get("mailfleet") or {}).get("domains") if isinstance(data.get("mailfleet"), dict) else None
+    if domains is None:
+        return {}, []  # a file with no domains (yet)
+    problems = mailfleet_pillar.validate_file_domains(domains)
+    if problems:
+        return {}, problems
+    return {domain: wire_form(value) for domain, value in domains.items()}, []
+
+
+def _domains_in(path, disk=None, counts=None, opts=None):
+    """The file's domains in service: as on disk when that version is good, else its last
+    good version (this process's or the disk cache's), with the refusal alerted once."""
     stat = os.stat(path)
+    stamp = (stat.st_mtime_ns, stat.st_size)
     cached = _CACHE.get(path)
-    if cached and cached[0] == stat.st_mtime_ns and cached[1] == stat.st_size:
+    if cached and cached[:2] == stamp:
         return cached[2]
     stored = (disk or {}).get(path)
-    if stored and stored[0] == stat.st_mtime_ns and stored[1] == stat.st_size:
+    if stored and tuple(stored[:2]) == stamp:
         _CACHE[path] = tuple(stored)  # another worker parsed it already
         return stored[2]
-    if counts is not None:
-        counts["parsed"] += 1
-    with open(path, "rb") as handle:
-        data = yaml.load(handle, Loader=_Loader) or {}
-    domains = ((data.get("mailfleet") or {}).get("domains") or {}) if isinstance(data, dict) else {}
-    if not isinstance(domains, dict):
-        log.error("mailfleet_domains: %s: mailfleet:domains is not a mapping; ignored", path)
-        domains = {}
-    wire = {domain: wire_form(value) for domain, value in domains.items()}
-    _CACHE[path] = (stat.st_mtime_ns, stat.st_size, wire)
-    return wire
+    refused = _SHARED.refused.get(path)
+    if refused is None or refused[0] != stamp:
+        if counts is not None:
+            counts["parsed"] += 1
+        wire, problems = _parse(path)
+        if not problems:
+            _SHARED.refused.pop(path, None)
+            _CACHE[path] = (stamp[0], stamp[1], wire)
+            return wire
+        _SHARED.refused[path] = (stamp, problems)
+        last = cached or stored
+        log.error("mailfleet_domains: %s refused (%s); %s", path, "; ".join(problems[:5]),
+                  "its last good version stays in service" if last else "it has no good version yet")
+        _alert(opts or {}, path, problems)
+    last = cached or stored
+    if last and not cached:
+        _CACHE[path] = tuple(last)
+    return last[2] if last else {}
+
+
+_ALERTED = set()
+
+
+def _alert(opts, path, problems):
+    """One ``pillar_refused`` alert per refused version, in the background: a pillar compile
+    must not wait for a webhook. Never raises."""
+    key = (path, tuple(problems[:20]))
+    if key in _ALERTED or not opts.get("conf_file"):
+        return
+    _ALERTED.add(key)
+
+    def send():
+        try:
+            import salt.runner
+            salt.runner.RunnerClient(opts).cmd("mailfleet_alert.send", [
+                "pillar_refused", path, f"domain file refused, last good version kept: {problems[0]}"],
+                kwarg={"details": {"file": path, "problems": problems[:50]}}, print_event=False)
+        except Exception:  # pylint: disable=broad-except
+            log.exception("mailfleet_domains: alert for %s failed", path)
+
+    import threading
+    threading.Thread(target=send, name="mailfleet_domains_alert", daemon=True).start()
 
 
 def _disk_cache_path(folder, cachedir):
@@ -202,39 +272,122 @@ def _save_disk_cache(folder, cachedir):
             pass
 
 
-def domains_for(minion_id, folder, cachedir=None):
-    """{domain: wire form} of every domain file in ``folder`` whose ``hosts`` names
-    ``minion_id``. ``cachedir``: where to keep the parse cache between processes (None:
-    memory only)."""
-    served, seen, counts = {}, set(), {"parsed": 0}
+def folder_domains(folder, cachedir=None, opts=None):
+    """``{path: {domain: wire form}}`` of every domain file in ``folder`` in service (good
+    versions, or the last good one of a refused file). ``cachedir``: where to keep the parse
+    cache between processes (None: memory only)."""
+    out, seen, counts = {}, set(), {"parsed": 0}
     disk = _disk_entries(folder, cachedir)
     try:
         names = sorted(os.listdir(folder))
     except OSError as err:
         log.error("mailfleet_domains: cannot read %s: %s", folder, err)
-        return served
+        return out
     for name in names:
         if not name.endswith((".yaml", ".yml", ".sls")):
             continue
         path = os.path.join(folder, name)
         seen.add(path)
         try:
-            domains = _domains_in(path, disk, counts)
-        except (OSError, yaml.YAMLError) as err:
-            # A broken file must not hand a host a partial view silently: say which file.
+            out[path] = _domains_in(path, disk, counts, opts)
+        except OSError as err:
             log.error("mailfleet_domains: %s unreadable (%s); its domains are left out", path, err)
-            continue
-        for domain, wire in domains.items():
-            hosts = (wire[0] if isinstance(wire[0], dict) else {}).get("hosts") or []
-            if minion_id in hosts:
-                served[domain] = wire
     for gone in set(_CACHE) - seen:
         if os.path.dirname(gone) == folder:
             del _CACHE[gone]
+            _SHARED.refused.pop(gone, None)
             counts["parsed"] += 1
     if counts["parsed"] or set(disk) - seen:
         _save_disk_cache(folder, cachedir)
-    return served
+    return out
+
+
+def _owners_path(cachedir):
+    return os.path.join(cachedir, "mailfleet_domains", "owners.json") if cachedir else None
+
+
+def _load_owners(cachedir):
+    target = _owners_path(cachedir)
+    try:
+        mtime = os.stat(target).st_mtime_ns
+    except (OSError, TypeError):
+        return _SHARED.owners.get(target, (None, {}))[1]
+    seen = _SHARED.owners.get(target)
+    if seen and seen[0] == mtime:
+        return seen[1]
+    try:
+        with open(target, encoding="utf-8") as handle:
+            owners = json.load(handle)
+        owners = owners if isinstance(owners, dict) else {}
+    except (OSError, ValueError):
+        owners = {}
+    _SHARED.owners[target] = (mtime, owners)
+    return owners
+
+
+def _save_owners(cachedir, owners):
+    target = _owners_path(cachedir)
+    if not target:
+        _SHARED.owners[target] = (None, owners)
+        return
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(owners, handle, sort_keys=True)
+        os.replace(tmp, target)
+        _SHARED.owners[target] = (os.stat(target).st_mtime_ns, owners)
+    except OSError as err:
+        log.warning("mailfleet_domains: cannot write %s (%s)", target, err)
+
+
+def catalog(folders, cachedir=None, opts=None):
+    """``{domain: wire form}`` of every domain in service across ``folders``: one version
+    per domain. A domain declared in more than one file stays with the file that declared it
+    first (the recorded owner)."""
+    declared = {}  # domain -> [(path, wire)]
+    for folder in folders:
+        for path, domains in folder_domains(folder, cachedir, opts).items():
+            for domain, wire in domains.items():
+                declared.setdefault(str(domain).lower().rstrip("."), []).append((path, domain, wire))
+    owners = _load_owners(cachedir)
+    new_owners = dict(owners)
+    out = {}
+    for key, decls in declared.items():
+        if len(decls) == 1:
+            path, domain, wire = decls[0]
+            out[domain] = wire
+            new_owners[key] = path
+            continue
+        paths = [p for p, _d, _w in decls]
+        # The recorded owner keeps it; with none recorded (a master whose cache was wiped,
+        # or two files added at once) the first declaration in folder and file order.
+        owner = owners.get(key) if owners.get(key) in paths else paths[0]
+        keep = [d for d in decls if d[0] == owner]
+        new_owners[key] = owner
+        problem = (f"{mailfleet_pillar.PREFIX}:domains:{key}: declared in {len(paths)} files "
+                   f"({', '.join(paths)}); {owner} keeps it, the others are refused")
+        log.error("mailfleet_domains: %s", problem)
+        for path in paths:
+            if path != owner:
+                _alert(opts or {}, path, [problem])
+        out[keep[0][1]] = keep[0][2]
+    for key in set(new_owners) - set(declared):
+        del new_owners[key]  # a domain whose file is gone
+    if new_owners != owners:
+        _save_owners(cachedir, new_owners)
+    return out
+
+
+def domains_for(minion_id, folder, cachedir=None):
+    """{domain: wire form} of every domain in ``folder`` whose ``hosts`` names ``minion_id``."""
+    return {d: w for d, w in catalog([folder], cachedir).items() if _serves(w, minion_id)}
+
+
+def _serves(wire, minion_id):
+    hosts = (wire[0] if isinstance(wire[0], dict) else {}).get("hosts") or []
+    return isinstance(hosts, list) and minion_id in hosts  # a list of exact ids (validated)
 
 
 def _for_the_wire(served, pack_over):
@@ -283,16 +436,10 @@ def ext_pillar(minion_id, pillar, path=None, dkim_dir=None, **kwargs):  # pylint
     if not path:
         log.error("mailfleet_domains: no path configured")
         return {}
-    served = {}
     opts = globals().get("__opts__", {})
     cachedir = kwargs.get("cachedir") or opts.get("cachedir")
-    for folder in [path] if isinstance(path, str) else list(path):
-        for domain, data in domains_for(minion_id, folder, cachedir).items():
-            if domain in served:
-                log.error("mailfleet_domains: %s is declared in more than one folder; "
-                          "the copy in %s is ignored", domain, folder)
-                continue
-            served[domain] = data
+    folders = [path] if isinstance(path, str) else list(path)
+    served = {d: w for d, w in catalog(folders, cachedir, opts).items() if _serves(w, minion_id)}
     if not served:
         return {}
     out = {"mailfleet": {"domains": _for_the_wire(served, kwargs.get("pack_over", DEFAULT_PACK_OVER))}}

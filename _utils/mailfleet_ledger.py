@@ -35,17 +35,29 @@ def connect(file, schema, rows=True):
     memory = file == ":memory:"
     if not memory:
         os.makedirs(os.path.dirname(file) or ".", mode=0o700, exist_ok=True)
+        # Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
+        # database file's mode, so they are root-only from their first byte as well.
+        os.close(os.open(file, os.O_WRONLY | os.O_CREAT, 0o600))
+        _root_only(file)
     db = sqlite3.connect(file, timeout=BUSY_TIMEOUT, isolation_level=None)
     if rows:
         db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(schema)
     if not memory:
+        _root_only(file)
+    return db
+
+
+def _root_only(file):
+    """0600 on the ledger and its WAL files (one left by an older version included)."""
+    for name in (file, f"{file}-wal", f"{file}-shm"):
         try:
-            os.chmod(file, 0o600)
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
         except OSError:  # pragma: no cover  (a file we cannot chmod is not ours to fix here)
             pass
-    return db
 
 
 def connect_ro(file):

@@ -11,6 +11,7 @@ mailfleet-dovecot-sql:
     - name: {{ L.dovecot_dir }}/dovecot-sql.conf.ext
     - source: salt://mail/files/dovecot-sql.conf.ext.jinja
     - template: jinja
+    - show_changes: False   # holds the DB password: no diff in the job return
     - context:
         mf: {{ mf | json }}
     - user: root

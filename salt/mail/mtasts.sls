@@ -27,7 +27,11 @@
 {%- set problems = [] %}
 {%- for domain, data in served | dictsort %}
 {%-   set dns = (data or {}).get("dns") or {} %}
-{%-   if dns is mapping and dns.get("mta_sts") %}
+{#-   The name becomes a path below the webroot: one that could leave it is refused here
+      (the ext_pillar refuses any name that is not a domain name; this is the second line). #}
+{%-   if dns is mapping and dns.get("mta_sts") and ("/" in domain or domain.startswith(".") or "\n" in domain) %}
+{%-     do problems.append("mailfleet:domains:" ~ (domain | tojson) ~ ": not a domain name") %}
+{%-   elif dns is mapping and dns.get("mta_sts") %}
 {%-     set res = salt["mailfleet_dnsrecords.mta_sts_policy"](domain, {"hosts": data.get("hosts"), "dns": {"mta_sts": dns.get("mta_sts")}}) %}
 {%-     if res.problems %}
 {%-       do problems.extend(res.problems) %}
@@ -70,15 +74,17 @@ mailfleet-mta-sts-policy-{{ domain }}:
 
 mailfleet-mta-sts-cert-{{ domain }}:
   cmd.run:
+    {#- every argument shell-quoted: pillar text never reaches a shell unquoted #}
+    {%- set cert = live_dir ~ "/mta-sts." ~ domain ~ "/fullchain.pem" %}
     - name: >-
-        {{ L.sbin }}/mailfleet-mta-sts-cert mta-sts.{{ domain }} {{ live_dir }}
-        {{ L.acme_webroot }} {{ mf.tls.acme_server }} {{ mf.tls.contact }}
-        {{ addresses | join(" ") }}
+        {{ (L.sbin ~ "/mailfleet-mta-sts-cert") | quote }} {{ ("mta-sts." ~ domain) | quote }} {{ live_dir | quote }}
+        {{ L.acme_webroot | quote }} {{ mf.tls.acme_server | quote }} {{ mf.tls.contact | quote }}
+        {%- for ip in addresses %} {{ ip | quote }}{% endfor %}
     - stateful: True
     {#- test=True and later runs: nothing to do while the certificate is good #}
     - unless: >-
-        test -s {{ live_dir }}/mta-sts.{{ domain }}/fullchain.pem &&
-        openssl x509 -in {{ live_dir }}/mta-sts.{{ domain }}/fullchain.pem -noout -checkend 2592000 >/dev/null
+        test -s {{ cert | quote }} &&
+        openssl x509 -in {{ cert | quote }} -noout -checkend 2592000 >/dev/null
     - require:
       - file: mailfleet-mta-sts-scripts
       - file: mailfleet-mta-sts-policy-{{ domain }}

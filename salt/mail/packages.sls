@@ -9,22 +9,22 @@ mailfleet-packages:
 {%- for name in L.locked_packages %}
 mailfleet-pkg-lock-{{ name }}:
   cmd.run:
-    - name: pkg lock -y {{ name }}
-    - unless: pkg lock -l -q | grep -q '^{{ name }}-'
+    - name: pkg lock -y {{ name | quote }}
+    - unless: pkg lock -l -q | grep -q -- {{ ("^" ~ name ~ "-") | quote }}
     - require:
       - pkg: mailfleet-packages
 {%- endfor %}
 {%- for key, value in L.rc_conf.items() %}
 mailfleet-rc-{{ key }}:
   cmd.run:
-    - name: sysrc {{ key }}={{ value }}
-    - unless: test "$(sysrc -n {{ key }} 2>/dev/null)" = "{{ value }}"
+    - name: sysrc {{ (key ~ "=" ~ value) | quote }}
+    - unless: test "$(sysrc -n {{ key | quote }} 2>/dev/null)" = {{ value | string | quote }}
 {%- endfor %}
 {%- for key, value in L.get("periodic_conf", {}).items() %}
 mailfleet-periodic-{{ key }}:
   cmd.run:
-    - name: sysrc -f /etc/periodic.conf {{ key }}={{ value }}
-    - unless: test "$(sysrc -f /etc/periodic.conf -n {{ key }} 2>/dev/null)" = "{{ value }}"
+    - name: sysrc -f /etc/periodic.conf {{ (key ~ "=" ~ value) | quote }}
+    - unless: test "$(sysrc -f /etc/periodic.conf -n {{ key | quote }} 2>/dev/null)" = {{ value | string | quote }}
 {%- endfor %}
 {%- endif %}
 

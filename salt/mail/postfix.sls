@@ -30,6 +30,7 @@ mailfleet-postfix-sql-{{ map }}:
     - name: {{ L.postfix_sql_dir }}/{{ map }}.cf
     - source: salt://mail/files/postfix-sql.cf.jinja
     - template: jinja
+    - show_changes: False   # holds the DB password: no diff in the job return
     - context:
         mf: {{ mf | json }}
         map: {{ map }}

@@ -92,16 +92,18 @@ mailfleet-certbot-deploy-hook:
 
 mailfleet-certificate:
   cmd.run:
+    {#- every argument shell-quoted: pillar text never reaches a shell unquoted #}
+    {%- set chain = (mf.cert_dir ~ "/fullchain.pem") | quote %}
     - name: >-
         certbot certonly --non-interactive --agree-tos --keep-until-expiring
-        --no-random-sleep-on-renew --webroot -w {{ L.acme_webroot }}
-        --server {{ mf.tls.acme_server }} -m {{ mf.tls.contact }}
-        --cert-name {{ mf.host.myhostname }}
-        {%- for name in names %} -d {{ name }}{% endfor %}
+        --no-random-sleep-on-renew --webroot -w {{ L.acme_webroot | quote }}
+        --server {{ mf.tls.acme_server | quote }} -m {{ mf.tls.contact | quote }}
+        --cert-name {{ mf.host.myhostname | quote }}
+        {%- for name in names %} -d {{ name | quote }}{% endfor %}
     - unless: >-
-        test -s {{ mf.cert_dir }}/fullchain.pem &&
-        openssl x509 -in {{ mf.cert_dir }}/fullchain.pem -noout -checkend 2592000 >/dev/null
-        {%- for name in names %} && openssl x509 -in {{ mf.cert_dir }}/fullchain.pem -noout -ext subjectAltName | grep -q 'DNS:{{ name }}\b'{% endfor %}
+        test -s {{ chain }} &&
+        openssl x509 -in {{ chain }} -noout -checkend 2592000 >/dev/null
+        {%- for name in names %} && openssl x509 -in {{ chain }} -noout -ext subjectAltName | grep -qE -- {{ ("DNS:" ~ (name | regex_escape) ~ "([,[:space:]]|$)") | quote }}{% endfor %}
     - require:
       - service: mailfleet-nginx
       - file: mailfleet-acme-webroot

@@ -15,7 +15,7 @@ mailfleet:
   domains:
     a.test:
       hosts: [mail01.lab.test, mail02.lab.test]
-      mailboxes: {alice: {password: "{SHA512-CRYPT}$6$x$y"}}
+      mailboxes: {alice: {password: "{SHA512-CRYPT}$6$saltsalt$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}
 """
 DOMAIN_B = """
 mailfleet:
@@ -129,7 +129,7 @@ def test_a_cold_process_starts_from_the_disk_cache_and_still_sees_edits(tmp_path
     write(folder, "a.test.yaml", DOMAIN_A)
     path_b = write(folder, "b.test.yaml", DOMAIN_B)
     ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
-    files = list((cache / "mailfleet_domains").iterdir())
+    files = list((cache / "mailfleet_domains").glob("*.msgpack"))
     assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
 
     _forget_process_cache(folder)  # a new master worker
@@ -150,7 +150,7 @@ def test_a_damaged_disk_cache_is_ignored_and_rewritten(tmp_path):
     folder.mkdir()
     write(folder, "b.test.yaml", DOMAIN_B)
     ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
-    (cache_file,) = (cache / "mailfleet_domains").iterdir()
+    (cache_file,) = (cache / "mailfleet_domains").glob("*.msgpack")
     cache_file.write_bytes(b"\xc1 not msgpack")
     _forget_process_cache(folder)
     got = ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
@@ -160,7 +160,7 @@ def test_a_damaged_disk_cache_is_ignored_and_rewritten(tmp_path):
 
 def _many(folder, n_domains, per_domain):
     for i in range(n_domains):
-        boxes = "\n".join(f"        u{j}: {{password: '{{SHA512-CRYPT}}$6$s$h'}}" for j in range(per_domain))
+        boxes = "\n".join(f"        u{j}: {{password: '{{SHA512-CRYPT}}$6$saltsalt$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}}" for j in range(per_domain))
         write(folder, f"d{i}.test.yaml",
               f"mailfleet:\n  domains:\n    d{i}.test:\n      hosts: [mail02.lab.test]\n"
               f"      description: D {i}\n      mailboxes:\n{boxes}\n"
@@ -192,9 +192,9 @@ def test_a_hosting_box_gets_mailboxes_and_aliases_packed_and_nothing_lost(tmp_pa
 def test_a_domain_json_cannot_carry_is_sent_as_written(tmp_path):
     _many(tmp_path, 4, 5)
     write(tmp_path, "odd.test.yaml", "mailfleet:\n  domains:\n    odd.test:\n      hosts: [mail02.lab.test]\n"
-                                     "      mailboxes: {123: {password: x}}\n")
+                                     "      mailboxes: {123: {password: '{SHA512-CRYPT}$6$saltsalt$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}}\n")
     got = ext.ext_pillar("mail02.lab.test", {}, path=str(tmp_path), pack_over=20)
-    assert got["mailfleet"]["domains"]["odd.test"]["mailboxes"] == {123: {"password": "x"}}
+    assert got["mailfleet"]["domains"]["odd.test"]["mailboxes"] == {123: {"password": "{SHA512-CRYPT}$6$saltsalt$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}
     assert "packed_json" in got["mailfleet"]["domains"]["d0.test"]
 
 
@@ -212,7 +212,7 @@ def test_a_worker_that_read_the_disk_cache_before_takes_what_another_parsed_sinc
     _forget_process_cache(folder)
     path_b = write(folder, "b.test.yaml", DOMAIN_B)
     ext.ext_pillar("mail02.lab.test", {}, path=str(folder), cachedir=str(cache))
-    (cache_file,) = (cache / "mailfleet_domains").iterdir()
+    (cache_file,) = (cache / "mailfleet_domains").glob("*.msgpack")
     os.utime(cache_file, ns=(10**18, 10**18))  # a rewrite the first worker has not seen
 
     # back in the first worker: its memory knows a.test only, the disk knows b.test too

@@ -9,7 +9,11 @@ import pytest
 
 from salt_render import DEBIAN_GRAINS, SaltRender
 
-HOSTILE_DOMAINS = ["x.test;id>/tmp/p;", "$(id).test", "`id`.test", "a.test && touch /tmp/pwned"]
+# Quoting on its own: names that could not leave the webroot (no '/'), so the SLS renders
+# their commands and only quoting keeps them harmless.
+HOSTILE_DOMAINS = ["x.test;id>p;", "$(id).test", "`id`.test", "a.test && touch pwned", "a.test'; id; '"]
+# A name that would be a path: refused by the SLS itself, no command rendered.
+PATH_DOMAIN = "x.test;id>/tmp/p;"
 BENIGN = "benign.test"
 
 
@@ -54,7 +58,6 @@ def _shape(cmd):
     return ops, expands
 
 
-@pytest.mark.xfail(strict=True, reason='issue 14: fixed in the next commit')
 def test_a_hostile_domain_name_reaches_no_command_line_unquoted(tmp_path):
     benign = _render(tmp_path / "b", _mta_sts_pillar([BENIGN]))
     base = {(sid.replace(BENIGN, "D"), req): _shape(cmd) for sid, req, cmd in _commands(benign.show_sls("mail.mtasts"))
@@ -68,12 +71,15 @@ def test_a_hostile_domain_name_reaches_no_command_line_unquoted(tmp_path):
             ops, expands = _shape(cmd)
             assert not expands, f"{evil!r}: {sid} {req}: an expansion outside quotes: {cmd}"
             assert ops == base[(sid.replace(evil, "D"), req)][0], f"{evil!r}: {sid} {req} gained shell operators: {cmd}"
+    r = _render(tmp_path / "path", _mta_sts_pillar([PATH_DOMAIN]))
+    high = r.show_sls("mail.mtasts")
+    assert not [c for c in _commands(high) if "tmp/p" in c[2]]
+    assert "not a domain name" in str(high["mailfleet-mta-sts-pillar"])
 
 
 PHP_LINE = re.compile(r"^\$config\['product_name'\] = '(?:[^'\\]|\\.)*';$")
 
 
-@pytest.mark.xfail(strict=True, reason='issue 14: fixed in the next commit')
 def test_a_quote_in_a_roundcube_setting_stays_inside_its_php_string(tmp_path):
     evil = "Web'; system('id'); $x='\\"
     r = SaltRender(tmp_path, grains=DEBIAN_GRAINS,
@@ -84,7 +90,6 @@ def test_a_quote_in_a_roundcube_setting_stays_inside_its_php_string(tmp_path):
     assert PHP_LINE.match(line), line
 
 
-@pytest.mark.xfail(strict=True, reason='issue 14: fixed in the next commit')
 def test_a_newline_in_pillar_text_adds_no_config_line(tmp_path):
     evil = "Lab\nsmtpd_relay_restrictions = permit\n"
     pillar = {"mailfleet": {"webmail": {"enabled": True, "product_name": evil},
@@ -115,7 +120,6 @@ def _secrets(pillar):
     return found
 
 
-@pytest.mark.xfail(strict=True, reason='issue 14: fixed in the next commit')
 def test_every_file_that_holds_a_secret_is_written_without_a_diff(tmp_path):
     pillar = {"mailfleet": {"dnsbl": {"dqs_key": "dqs-secret-1234567890"},
                             "dkim": {"example-a.test": {"selector": "s1", "key_type": "rsa",

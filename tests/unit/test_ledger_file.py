@@ -56,7 +56,6 @@ def test_the_read_only_view_cannot_write_and_a_missing_ledger_is_none(tmp_path):
         ro.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: fixed in the next commit")
 def test_the_ledger_wal_and_shm_files_are_root_only_too(tmp_path):
     old = os.umask(0o022)  # a master's usual umask
     try:

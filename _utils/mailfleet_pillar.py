@@ -1,0 +1,704 @@
+"""
+mailfleet's pillar validator for mail domains: one check for the ext_pillar on the master
+(a domain file is refused before any host receives it) and for ``mail.validate`` /
+``mail.vusers`` on the hosts (nothing is written from a pillar that does not pass).
+
+``validate_pillar(cfg)`` takes the ``mailfleet`` pillar dict and returns the normalised model
+(punycode domain names, lower-case local parts, quotas in bytes, implicit postmaster@/abuse@
+aliases) with every problem named by its pillar path. Pure functions, no Salt.
+
+Refused on purpose, beyond the RFCs' syntax: ``hosts`` that is not a list of exact minion ids
+(a string would make ``minion_id in hosts`` a substring test), local parts with ``/``
+(Dovecot's ``%n`` would make it a path segment: ``bob/.Sent`` would read bob's Sent folder),
+control characters in any text.
+"""
+import functools
+import json
+import re
+
+try:
+    import idna as _idna
+except ImportError:  # pragma: no cover - idna ships with salt's requirements
+    _idna = None
+
+PREFIX = "mailfleet"
+
+SCHEMES = ("ARGON2ID", "SHA512-CRYPT", "BLF-CRYPT")
+_SCHEME_HINT = "use a {SCHEME} hash (ARGON2ID, SHA512-CRYPT, BLF-CRYPT)"
+_HASH_RE = {
+    # Dovecot's ARGON2ID: PHC string format
+    "ARGON2ID": re.compile(
+        r"\$argon2id\$v=19\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}"
+    ),
+    # glibc crypt(3) SHA-512: optional rounds=, salt <= 16, 86-char hash
+    "SHA512-CRYPT": re.compile(r"\$6\$(?:rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}"),
+    # bcrypt: cost 2 digits, 22-char salt + 31-char hash
+    "BLF-CRYPT": re.compile(r"\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}"),
+}
+_PLAIN_SCHEMES = {"PLAIN", "CLEARTEXT", "CLEAR", "PLAIN-TRUNC"}
+_SCHEME_RE = re.compile(r"\{([A-Za-z0-9._-]+)\}(.*)", re.DOTALL)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# RFC 5322 dot-atom, ASCII only (no SMTPUTF8 local parts); ',' can never appear, so a
+# goto list stays unambiguous.
+# '/' is left out on purpose: Dovecot's %n would make it a path segment (bob/.Sent@d would
+# get bob's Sent folder as its INBOX).
+_LOCAL_RE = re.compile(r"[A-Za-z0-9!#$%&'*+=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+=?^_`{|}~-]+)*")
+_QUOTA_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([BKMGT]?)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+MIB = 1024**2
+BIGINT_MAX = 2**63 - 1  # mailbox.quota, domain.maxquota: bigint(20)
+
+
+class ValidationError(Exception):
+    """The pillar is invalid: ``errors`` lists every problem, each naming its pillar path."""
+
+    def __init__(self, errors, warnings=()):
+        self.errors = list(errors)
+        self.warnings = list(warnings)
+        super().__init__("\n".join(self.errors))
+
+
+class _Report:
+    """Ordered, de-duplicated errors and warnings."""
+
+    def __init__(self):
+        self.errors = {}
+        self.warnings = {}
+
+    def error(self, path, msg):
+        self.errors.setdefault(f"{path}: {msg}", None)
+
+    def warn(self, path, msg):
+        self.warnings.setdefault(f"{path}: {msg}", None)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+# Pure functions of one string, called 100,000 times with a handful of distinct values
+# (quotas, local parts): their valid answers are remembered (errors are not).
+_MEMO_MAX = 1 << 16
+_QUOTA_MEMO = {}
+_LOCAL_MEMO = {}
+
+
+def parse_quota(value):
+    """Quota in bytes from an int (bytes) or a string with unit B, K, M, G or T (binary
+    multiples). 0 means unlimited. Raises ValueError."""
+    kind = type(value)
+    if kind is str:
+        nbytes = _QUOTA_MEMO.get(value)
+        if nbytes is None:
+            nbytes = _parse_quota(value)
+            if len(_QUOTA_MEMO) < _MEMO_MAX:
+                _QUOTA_MEMO[value] = nbytes
+        return nbytes
+    if kind is int and value >= 0:
+        return value
+    return _parse_quota(value)
+
+
+def _parse_quota(value):
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"invalid quota {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"invalid quota {value!r}: negative")
+        return value
+    if isinstance(value, float):
+        raise ValueError(f"invalid quota {value!r}: a fraction of a byte; add a unit")
+    if isinstance(value, str):
+        m = _QUOTA_RE.fullmatch(value)
+        if m:
+            number, unit = m.group(1), m.group(2).upper()
+            if "." in number and unit in ("", "B"):
+                raise ValueError(f"invalid quota {value!r}: a fraction of a byte")
+            return int(round(float(number) * _UNITS[unit]))
+    raise ValueError(f"invalid quota {value!r}; use a number with unit B, K, M, G or T (0 = unlimited)")
+
+
+def format_quota(nbytes):
+    for unit in ("T", "G", "M", "K"):
+        if nbytes and nbytes % _UNITS[unit] == 0:
+            return f"{nbytes // _UNITS[unit]}{unit}"
+    return f"{nbytes}B"
+
+
+_LDH_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_PLAIN_NAME = re.compile(rf"(?:{_LDH_LABEL}\.)+{_LDH_LABEL}")
+
+
+def idna_domain(name):
+    """The ASCII (punycode, lower case) form of a domain name; ValueError when invalid."""
+    if isinstance(name, str):
+        low = name.lower()
+        # fast path, same answer: plain LDH names without any '--' are their own A-label
+        if (low.isascii() and "--" not in low and len(low) <= 253 and _PLAIN_NAME.fullmatch(low)
+                and not low.rpartition(".")[2].isdigit()):
+            return low
+    return _idna_domain(name)
+
+
+@functools.lru_cache(maxsize=65536)
+def _idna_domain(name):
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"invalid domain name {name!r}")
+    if name.endswith(".") or ".." in name or name.startswith("."):
+        raise ValueError(f"invalid domain name {name!r}: empty label")
+    if _idna is not None:
+        try:
+            ascii_name = _idna.encode(name, uts46=True).decode("ascii")
+        except (_idna.IDNAError, UnicodeError) as exc:
+            raise ValueError(f"invalid domain name {name!r} (IDNA: {exc})") from None
+    else:  # pragma: no cover - IDNA 2003 fallback
+        try:
+            ascii_name = name.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"invalid domain name {name!r} (IDNA: {exc})") from None
+    ascii_name = ascii_name.lower()
+    labels = ascii_name.split(".")
+    if len(labels) < 2:
+        raise ValueError(f"invalid domain name {name!r}: needs at least two labels")
+    if len(ascii_name) > 253:
+        raise ValueError(f"invalid domain name {name!r}: longer than 253 characters")
+    for label in labels:
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", label):
+            raise ValueError(f"invalid domain name {name!r}: bad label {label!r}")
+    if labels[-1].isdigit():
+        raise ValueError(f"invalid domain name {name!r}: numeric top-level label")
+    return ascii_name
+
+
+def check_local_part(local):
+    """The lower-cased local part; ValueError when not an ASCII dot-atom of <= 64 chars."""
+    low = _LOCAL_MEMO.get(local) if type(local) is str else None
+    if low is None:
+        low = _check_local_part(local)
+        if len(_LOCAL_MEMO) < _MEMO_MAX:
+            _LOCAL_MEMO[local] = low
+    return low
+
+
+def _check_local_part(local):
+    if not isinstance(local, str) or not local:
+        raise ValueError(f"invalid local part {local!r}: empty")
+    if len(local) > 64:
+        raise ValueError(f"invalid local part {local!r}: longer than 64 characters")
+    if not _LOCAL_RE.fullmatch(local):
+        if "/" in local:
+            raise ValueError(f"invalid local part {local!r}: '/' would be a path segment in the maildir")
+        raise ValueError(f"invalid local part {local!r}: not an ASCII dot-atom (RFC 5322)")
+    return local.lower()
+
+
+_PLAIN_ADDR = re.compile(rf"({_LOCAL_RE.pattern})@({_PLAIN_NAME.pattern})", re.IGNORECASE)
+
+
+def parse_address(addr):
+    """(local, ascii_domain) of an address ``local@domain``; ValueError when invalid."""
+    m = _PLAIN_ADDR.fullmatch(addr) if isinstance(addr, str) else None
+    if m and len(m.group(1)) <= 64:
+        dom = m.group(2).lower()
+        # fast path, same answer as below: plain ASCII, no '--' label, non-numeric TLD
+        if "--" not in dom and len(dom) <= 253 and not dom.rpartition(".")[2].isdigit():
+            return m.group(1).lower(), dom
+    if not isinstance(addr, str) or "@" not in addr:
+        raise ValueError(f"invalid address {addr!r}: expected local@domain")
+    local, _, dom = addr.strip().rpartition("@")
+    return check_local_part(local), idna_domain(dom)
+
+
+# every well-formed hash in one pattern (the upper-case scheme names): the common case
+_HASH_OK = re.compile("|".join(rf"\{{{re.escape(scheme)}\}}(?:{_HASH_RE[scheme].pattern})" for scheme in SCHEMES))
+
+
+def check_password(value):
+    """None when ``value`` is a {SCHEME}-prefixed hash Dovecot verifies, else the reason.
+    Never echoes the value (it is a secret)."""
+    if type(value) is str and _HASH_OK.fullmatch(value):
+        return None
+    if not isinstance(value, str) or not value:
+        return f"missing password; {_SCHEME_HINT}"
+    m = _SCHEME_RE.fullmatch(value)
+    if not m:
+        if value.startswith("$") and any(r.fullmatch(value) for r in _HASH_RE.values()):
+            return f"hash without {{SCHEME}} prefix; {_SCHEME_HINT}"
+        return f"plaintext password refused; {_SCHEME_HINT}"
+    scheme, body = m.group(1).upper(), m.group(2)
+    if scheme in _PLAIN_SCHEMES:
+        return f"plaintext password refused; {_SCHEME_HINT}"
+    if scheme not in SCHEMES:
+        return f"password scheme {{{m.group(1)}}} refused; {_SCHEME_HINT}"
+    if not _HASH_RE[scheme].fullmatch(body):
+        return f"malformed {{{scheme}}} hash"
+    return None
+
+
+def _text(value, path, report, field, maxlen=255, default=""):
+    if type(value) is str and len(value) <= maxlen and value.isprintable():
+        return value  # printable: no control characters
+    if value is None:
+        return default
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        report.error(f"{path}:{field}", f"must be a string, not {type(value).__name__}")
+        return default
+    if len(value) > maxlen:
+        report.error(f"{path}:{field}", f"longer than {maxlen} characters")
+    if _CONTROL.search(value):
+        report.error(f"{path}:{field}", "control characters not allowed")
+    return value
+
+
+def _bmp_text(value, path, report, field):
+    # domain.description is a utf8mb3 column in PostfixAdmin 3.3.13: no 4-byte characters
+    value = _text(value, path, report, field)
+    if any(ord(c) > 0xFFFF for c in value):
+        report.error(f"{path}:{field}", "characters outside the Basic Multilingual Plane (PostfixAdmin's column is utf8mb3)")
+    return value
+
+
+def _bool(value, path, report, default=True):
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        report.error(path, f"must be true or false, not {value!r}")
+        return default
+    return value
+
+
+# ------------------------------------------------------------------------ validation
+
+
+MINION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def hosts_problem(hosts):
+    """Why ``hosts`` is not a list of exact minion ids, or None. A string is refused: the
+    ext_pillar's ``minion_id in hosts`` would be a substring test on it."""
+    if isinstance(hosts, str):
+        return f"must be a list of exact minion ids, not the string {hosts!r} (write [{hosts}])"
+    if not isinstance(hosts, list):
+        return "must be a list of exact minion ids"
+    for h in hosts:
+        if not isinstance(h, str) or not MINION_ID.fullmatch(h):
+            return f"{h!r} is not a minion id (letters, digits, '.', '_', '-'; no globs)"
+    return None
+
+
+def validate_file_domains(domains):
+    """Problems (``"<pillar path>: <message>"``) of one domain file's ``mailfleet:domains``,
+    as the ext_pillar checks it before any host receives it: the domain names, ``hosts``, and
+    everything ``validate_pillar`` checks of a domain. Targets in other files' domains are
+    not errors here (they are warnings, as external addresses)."""
+    if not isinstance(domains, dict):
+        return [f"{PREFIX}:domains: must be a mapping of domain name to settings"]
+    problems = []
+    for name, data in domains.items():
+        if not isinstance(data, dict) or data.get("hosts") is None:
+            problems.append(f"{PREFIX}:domains:{name}:hosts: missing (the minion ids that serve it)")
+    _model, errors, _warnings = validate_pillar({"domains": domains, "postmaster": "postmaster@mailfleet.invalid"})
+    return problems + errors
+
+
+def validate_pillar(cfg):
+    """Validate the ``mailfleet`` pillar dict as a whole.
+
+    Returns ``(model, errors, warnings)``; ``errors`` and ``warnings`` are lists of
+    ``"<pillar path>: <message>"``. ``model`` is the normalised pillar (punycode domain
+    names, lower-case local parts, quotas in bytes, implicit postmaster@/abuse@ aliases
+    added); it is only meaningful when ``errors`` is empty.
+    """
+    rep = _Report()
+    model = {"exclusive": False, "postmaster": None, "domains": {}}
+    if not isinstance(cfg, dict):
+        rep.error(PREFIX, "missing or not a mapping")
+        return model, list(rep.errors), list(rep.warnings)
+
+    model["exclusive"] = _bool(cfg.get("exclusive"), f"{PREFIX}:exclusive", rep, default=False)
+
+    pm_raw = cfg.get("postmaster")
+    pm = None
+    if pm_raw is not None:
+        try:
+            pm = "%s@%s" % parse_address(pm_raw)
+        except ValueError as exc:
+            rep.error(f"{PREFIX}:postmaster", str(exc))
+    model["postmaster"] = pm
+
+    domains_raw = cfg.get("domains")
+    if domains_raw is None:
+        rep.error(f"{PREFIX}:domains", "missing (an empty mapping {} declares no domains)")
+        domains_raw = {}
+    elif not isinstance(domains_raw, dict):
+        rep.error(f"{PREFIX}:domains", "must be a mapping of domain name to settings")
+        domains_raw = {}
+
+    domains = model["domains"]
+    alias_domain_owner = {}  # alias domain -> (path, target domain)
+    for dkey, dcfg in domains_raw.items():
+        dpath = f"{PREFIX}:domains:{dkey}"
+        try:
+            dom = idna_domain(str(dkey))
+        except ValueError as exc:
+            rep.error(dpath, str(exc))
+            continue
+        if dom in domains:
+            rep.error(dpath, f"duplicate domain {dom} (also {domains[dom]['path']})")
+            continue
+        if dcfg is None:
+            dcfg = {}
+        if not isinstance(dcfg, dict):
+            rep.error(dpath, "must be a mapping")
+            continue
+        dcfg = _unpacked(dcfg, dpath, rep)
+        domains[dom] = d = _validate_domain(dom, dpath, dcfg, rep)
+        for adom, apath in d["alias_domains"].items():
+            if adom in alias_domain_owner:
+                rep.error(apath, f"alias domain {adom} also declared at {alias_domain_owner[adom][0]}")
+            else:
+                alias_domain_owner[adom] = (apath, dom)
+
+    for adom, (apath, target) in alias_domain_owner.items():
+        if adom == target:
+            rep.error(apath, f"alias domain {adom} points at itself")
+        elif adom in domains:
+            rep.error(apath, f"alias domain {adom} is also a real domain ({domains[adom]['path']})")
+
+    # postmaster@ and abuse@ (RFC 2142) for every domain that does not declare them
+    lacking = []
+    for dom, d in domains.items():
+        for local in ("postmaster", "abuse"):
+            if local in d["mailboxes"] or local in d["aliases"]:
+                continue
+            if pm is None:
+                lacking.append((f"{local}@{dom}", d["path"]))
+                continue
+            d["aliases"][local] = {
+                "path": f"{d['path']}:aliases:{local} (implicit, from {PREFIX}:postmaster)",
+                "targets": [pm],
+                "target_paths": [f"{PREFIX}:postmaster"],
+                "implicit": True,
+            }
+
+    if lacking and pm_raw is None:
+        more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
+        rep.error(f"{PREFIX}:postmaster", f"missing; needed for {lacking[0][0]} ({lacking[0][1]} does not declare it){more}")
+
+    _check_targets(model, {a: t for a, (p, t) in alias_domain_owner.items()}, rep)
+    return model, list(rep.errors), list(rep.warnings)
+
+
+PACKED_KEY = "packed_json"  # set by the mailfleet_domains ext_pillar at hosting size
+
+
+def _unpacked(dcfg, dpath, rep):
+    """The domain's data with ``mailboxes`` and ``aliases`` back from the JSON string the
+    ext_pillar packs them into for a host that receives many (see _pillar/mailfleet_domains)."""
+    text = dcfg.get(PACKED_KEY)
+    if text is None:
+        return dcfg
+    try:
+        inner = json.loads(text) if isinstance(text, str) else None
+    except ValueError as exc:
+        rep.error(f"{dpath}:{PACKED_KEY}", f"not valid JSON ({exc}); reserved for the mailfleet_domains ext_pillar")
+        return dcfg
+    if not isinstance(inner, dict):
+        rep.error(f"{dpath}:{PACKED_KEY}", "must be a JSON object; reserved for the mailfleet_domains ext_pillar")
+        return dcfg
+    both = sorted(k for k in inner if k in dcfg)
+    if both:
+        rep.error(f"{dpath}:{PACKED_KEY}", f"{', '.join(both)} given both packed and as written")
+        return dcfg
+    out = {k: v for k, v in dcfg.items() if k != PACKED_KEY}
+    out.update(inner)
+    return out
+
+
+def _validate_domain(dom, dpath, dcfg, rep):
+    d = {
+        "path": dpath,
+        "description": _bmp_text(dcfg.get("description"), dpath, rep, "description"),
+        "active": _bool(dcfg.get("active"), f"{dpath}:active", rep),
+        "quota": 0,
+        "maxquota": 0,
+        "hosts": None,
+        "retention": None,
+        "mailboxes": {},
+        "aliases": {},
+        "alias_domains": {},
+    }
+    # other keys (dkim, dns, tls, ...) belong to other concerns of the same domain file
+    hosts = dcfg.get("hosts")
+    if hosts is not None:
+        problem = hosts_problem(hosts)
+        if problem:
+            rep.error(f"{dpath}:hosts", problem)
+        else:
+            d["hosts"] = [h.lower() for h in hosts]
+    for field in ("quota", "maxquota"):
+        if dcfg.get(field) is not None:
+            try:
+                d[field] = parse_quota(dcfg[field])
+            except ValueError as exc:
+                rep.error(f"{dpath}:{field}", str(exc))
+    if d["maxquota"] and not d["quota"]:
+        rep.error(f"{dpath}:quota", f"unlimited (0) default mailbox quota exceeds maxquota {format_quota(d['maxquota'])}")
+    elif d["maxquota"] and d["quota"] > d["maxquota"]:
+        rep.error(f"{dpath}:quota", f"{format_quota(d['quota'])} exceeds maxquota {format_quota(d['maxquota'])}")
+    for field in ("quota", "maxquota"):
+        if d[field] > BIGINT_MAX:
+            rep.error(f"{dpath}:{field}", "too large")
+
+    ret = dcfg.get("retention")
+    if ret is not None:
+        if not isinstance(ret, dict):
+            rep.error(f"{dpath}:retention", "must be a mapping (purge_after_days: N)")
+        else:
+            days = ret.get("purge_after_days")
+            if days is not None:
+                if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+                    rep.error(f"{dpath}:retention:purge_after_days", f"must be a whole number of days >= 0, not {days!r}")
+                else:
+                    d["retention"] = days
+            for k in ret:
+                if k != "purge_after_days":
+                    rep.error(f"{dpath}:retention:{k}", "unknown setting (only purge_after_days)")
+
+    # mailboxes
+    mailboxes = dcfg.get("mailboxes") or {}
+    if not isinstance(mailboxes, dict):
+        rep.error(f"{dpath}:mailboxes", "must be a mapping of local part to settings")
+        mailboxes = {}
+    d_mailboxes, d_quota, d_maxquota = d["mailboxes"], d["quota"], d["maxquota"]
+    room = 254 - len(dom)  # longest local part that keeps the address within 255 characters
+    for mkey, mcfg in mailboxes.items():
+        mpath = f"{dpath}:mailboxes:{mkey}"
+        local = None
+        if type(mkey) is str and "@" not in mkey and mkey:
+            try:
+                local = check_local_part(mkey)
+            except ValueError:
+                pass  # _local_in_domain reports it
+        if local is None:
+            local = _local_in_domain(str(mkey), dom, mpath, rep, allow_catchall=False)
+            if local is None:
+                continue
+        if local in d_mailboxes:
+            rep.error(mpath, f"duplicate mailbox {local}@{dom} (also {d_mailboxes[local]['path']})")
+            continue
+        if mcfg is None:
+            mcfg = {}
+        if not isinstance(mcfg, dict):
+            rep.error(mpath, "must be a mapping (name, password, quota, active)")
+            continue
+        pw = mcfg.get("password")
+        why = check_password(pw)
+        if why:
+            rep.error(f"{mpath}:password", why)
+        quota = d_quota
+        mquota = mcfg.get("quota")
+        if mquota is not None:
+            try:
+                quota = parse_quota(mquota)
+            except ValueError as exc:
+                rep.error(f"{mpath}:quota", str(exc))
+            else:
+                if d_maxquota and (quota == 0 or quota > d_maxquota):
+                    rep.error(f"{mpath}:quota", f"{format_quota(quota) if quota else 'unlimited (0)'} exceeds the domain's maxquota {format_quota(d_maxquota)}")
+        if quota > BIGINT_MAX:
+            rep.error(f"{mpath}:quota", "too large")
+        name = _text(mcfg.get("name"), mpath, rep, "name")  # utf8mb4 column (upgrade 1845)
+        if len(local) > room:
+            rep.error(mpath, "address longer than 255 characters")
+        active = mcfg.get("active")
+        if active is None:
+            active = True
+        elif active is not True and active is not False:
+            active = _bool(active, f"{mpath}:active", rep)
+        d_mailboxes[local] = {
+            "path": mpath,
+            "password": pw if isinstance(pw, str) else "",
+            "name": name,
+            "quota": quota,
+            "active": active,
+        }
+
+    # aliases
+    aliases = dcfg.get("aliases") or {}
+    if not isinstance(aliases, dict):
+        rep.error(f"{dpath}:aliases", "must be a mapping of local part to a list of targets")
+        aliases = {}
+    d_aliases = d["aliases"]
+    for akey, targets in aliases.items():
+        apath = f"{dpath}:aliases:{akey}"
+        local = None
+        if type(akey) is str and "@" not in akey and akey:
+            try:
+                local = check_local_part(akey)
+            except ValueError:
+                pass  # _local_in_domain reports it
+        if local is None:
+            local = _local_in_domain(str(akey), dom, apath, rep, allow_catchall=True)
+            if local is None:
+                continue
+        if local in d_mailboxes:
+            rep.error(apath, f"alias {local}@{dom} is also a mailbox ({d_mailboxes[local]['path']})")
+            continue
+        if local in d_aliases:
+            rep.error(apath, f"duplicate alias {local}@{dom} (also {d_aliases[local]['path']})")
+            continue
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not targets:
+            rep.error(apath, "must be a non-empty list of target addresses")
+            continue
+        norm, tpaths = [], []
+        for i, t in enumerate(targets):
+            tpath = f"{apath}[{i}]"
+            addr = None
+            if type(t) is str:
+                tl, _, td = t.rpartition("@")
+                if td == dom:  # inside this domain (its canonical form): parse_address's answer
+                    try:
+                        addr = f"{check_local_part(tl)}@{dom}"
+                    except ValueError:
+                        pass  # parse_address says why
+            if addr is None:
+                try:
+                    tl, td = parse_address(t)
+                except ValueError as exc:
+                    rep.error(tpath, str(exc))
+                    continue
+                addr = f"{tl}@{td}"
+            if addr not in norm:
+                norm.append(addr)
+                tpaths.append(tpath)
+        if len(",".join(norm)) > 65535:
+            rep.error(apath, "too many targets (goto longer than 65535 bytes)")
+        d_aliases[local] = {"path": apath, "targets": norm, "target_paths": tpaths, "implicit": False}
+
+    # alias domains
+    adoms = dcfg.get("alias_domains") or []
+    if isinstance(adoms, str):
+        adoms = [adoms]
+    if not isinstance(adoms, list):
+        rep.error(f"{dpath}:alias_domains", "must be a list of domain names")
+        adoms = []
+    for i, a in enumerate(adoms):
+        apath = f"{dpath}:alias_domains[{i}]"
+        try:
+            adom = idna_domain(str(a))
+        except ValueError as exc:
+            rep.error(apath, str(exc))
+            continue
+        if adom in d["alias_domains"]:
+            rep.error(apath, f"duplicate alias domain {adom}")
+            continue
+        d["alias_domains"][adom] = apath
+    return d
+
+
+def _local_in_domain(key, dom, path, rep, allow_catchall):
+    """Local part of a mailbox/alias key: ``local``, ``local@<this domain>`` or (aliases)
+    ``@`` / ``@<this domain>`` for the catch-all ('' is returned for it)."""
+    local = key
+    if key == "@":
+        local = ""
+    elif "@" in key:
+        local, _, kdom = key.rpartition("@")
+        try:
+            kdom_ascii = idna_domain(kdom)
+        except ValueError as exc:
+            rep.error(path, str(exc))
+            return None
+        if kdom_ascii != dom:
+            rep.error(path, f"address {key} is not inside domain {dom}")
+            return None
+        if local == "" and not allow_catchall:
+            rep.error(path, "a catch-all (@) cannot be a mailbox")
+            return None
+    if local == "":
+        if allow_catchall:
+            return ""
+        rep.error(path, "empty local part")
+        return None
+    try:
+        return check_local_part(local)
+    except ValueError as exc:
+        rep.error(path, str(exc))
+        return None
+
+
+def _check_targets(model, alias_domains, rep):
+    """Alias targets exist (error inside our domains, warning outside) and no loops."""
+    domains = model["domains"]
+    ours = set(domains) | set(alias_domains)
+    mailboxes = set()
+    aliases = {}  # address -> (targets, path, target_paths)
+    for dom, d in domains.items():
+        at_dom = "@" + dom
+        mailboxes.update([local + at_dom for local in d["mailboxes"]])
+        for local, a in d["aliases"].items():
+            aliases[local + at_dom] = a
+
+    edges = {}  # alias address -> [alias addresses it expands to]
+    for addr, a in aliases.items():
+        out = []
+        for t, tpath in zip(a["targets"], a["target_paths"]):
+            # targets are normalised "local@domain": resolved through an alias domain
+            local, _, dom = t.rpartition("@")
+            r = t
+            if dom in alias_domains:
+                dom = alias_domains[dom]
+                r = f"{local}@{dom}" if local else f"@{dom}"
+            where = tpath
+            if r in mailboxes:
+                continue
+            if r in aliases:
+                out.append(r)
+                continue
+            if dom in ours:
+                if f"@{dom}" in aliases:
+                    rep.warn(where, f"target {t} has no mailbox or alias; only the catch-all @{dom} receives it")
+                    out.append(f"@{dom}")
+                else:
+                    rep.error(where, f"target {t} does not exist (no mailbox or alias {r} declared)")
+            else:
+                rep.warn(where, f"target {t} is external (not checked)")
+        edges[addr] = out
+
+    # iterative DFS; a back edge is a loop
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = dict.fromkeys(edges, WHITE)
+    reported = set()
+    for start in edges:
+        if colour[start] != WHITE:
+            continue
+        if not edges[start]:  # expands to mailboxes and external addresses only
+            colour[start] = BLACK
+            continue
+        stack = [(start, iter(edges[start]))]
+        colour[start] = GREY
+        onpath = [start]
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                colour[node] = BLACK
+                stack.pop()
+                onpath.pop()
+                continue
+            c = colour.get(nxt, BLACK)
+            if c == WHITE:
+                colour[nxt] = GREY
+                stack.append((nxt, iter(edges[nxt])))
+                onpath.append(nxt)
+            elif c == GREY:
+                cycle = onpath[onpath.index(nxt):] + [nxt]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    rep.error(aliases[nxt]["path"], "alias loop: " + " -> ".join(cycle))
