@@ -91,12 +91,15 @@ def configured(name, settings, timeout=30):
     """
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     path = os.path.join(name, mailfleet_watch.SETTINGS)
-    text = json.dumps(settings, sort_keys=True, indent=1).encode() + b"\n"
     old = _read(path)
-    keys = _changed_keys(old, settings) if old != text else []
+    try:
+        same = old is not None and json.loads(old) == json.loads(json.dumps(settings))
+    except ValueError:
+        same = False
+    keys = [] if same else _changed_keys(old, settings)
     configured_here = _engine_configured(__opts__)  # noqa: F821
     if __opts__["test"]:  # noqa: F821
-        if old != text:
+        if not same:
             ret["result"] = None
             ret["changes"] = {"settings": {"keys": keys or ["(layout)"]}}
             ret["comment"] = f"{path} would be written ({', '.join(keys) or 'same values'}); the detector reloads it"
@@ -106,11 +109,11 @@ def configured(name, settings, timeout=30):
             ret["result"] = None
             ret["comment"] += "; the minion has no mailfleet_watch engine stanza yet (a restart would be needed)"
         return ret
-    if old != text:
+    if not same:
         os.makedirs(name, mode=0o700, exist_ok=True)
         mailfleet_watch.write_json(path, settings, 0o600)
-        text = _read(path)
         ret["changes"] = {"settings": {"keys": keys or ["(layout)"]}}
+    text = _read(path)
     if not configured_here:
         conf_dir = os.path.join(os.path.dirname(__opts__["conf_file"]), "minion.d")  # noqa: F821
         stanza = os.path.join(conf_dir, STANZA_FILE)

@@ -144,3 +144,25 @@ def test_the_launcher_prints_only_event_lines_and_logs_elsewhere(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_settings_state_writes_once_and_then_changes_nothing(tmp_path):
+    """mailfleet_detector.configured: a second apply with the same settings is a no-op (the
+    detector's wait is exercised in the lab; here the minion has no engine stanza, so the state
+    also writes it once and says a restart is needed)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mf_detector_state", REPO / "_states" / "mailfleet_detector.py")
+    state = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(state)
+    state.__opts__ = {"test": False, "engines": [], "conf_file": str(tmp_path / "minion"),
+                      "extension_modules": str(tmp_path / "extmods")}
+    settings = _settings(tmp_path / "mail.log", 3)
+    first = state.configured(str(tmp_path / "watch"), settings)
+    assert first["changes"].get("settings") and "restart the minion once" in first["comment"]
+    assert (tmp_path / "watch" / watch.SETTINGS).stat().st_mode & 0o777 == 0o600
+    second = state.configured(str(tmp_path / "watch"), settings)
+    assert second["changes"] == {}, second
+    state.__opts__["test"] = True
+    changed = dict(settings, thresholds={"relay": {"count": 5, "window": 600}})
+    dry = state.configured(str(tmp_path / "watch"), changed)
+    assert dry["changes"] == {"settings": {"keys": ["thresholds"]}} and dry["result"] is None
