@@ -30,6 +30,15 @@ def _extmods(tmp_path):
     return root
 
 
+def _dirs(tmp_path):
+    """An empty mail log and the detector's directory."""
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    wdir = tmp_path / "watch"
+    wdir.mkdir()
+    return log, wdir
+
+
 def _settings(log, relay_count, host="mail01.lab.test"):
     return {"host": host, "log": str(log), "interval": 0.2, "poll": 0.05, "max_ips": 500,
             "thresholds": {"relay": {"count": relay_count, "window": 600}},
@@ -52,10 +61,7 @@ def test_the_minion_config_shipped_names_the_same_engine_stanza():
 
 
 def test_a_lowered_threshold_bans_at_the_next_attempt_counting_the_earlier_ones_without_a_restart(tmp_path):
-    log = tmp_path / "mail.log"
-    log.write_text("")
-    wdir = tmp_path / "watch"
-    wdir.mkdir()
+    log, wdir = _dirs(tmp_path)
     watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 10))
     fired = []
     det = watch.Detector(str(wdir), str(_extmods(tmp_path)), lambda data, tag: fired.append((tag, data)))
@@ -81,10 +87,7 @@ def test_a_lowered_threshold_bans_at_the_next_attempt_counting_the_earlier_ones_
 
 
 def test_broken_settings_keep_the_ones_in_force(tmp_path):
-    log = tmp_path / "mail.log"
-    log.write_text("")
-    wdir = tmp_path / "watch"
-    wdir.mkdir()
+    log, wdir = _dirs(tmp_path)
     watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 3))
     det = watch.Detector(str(wdir), None, lambda data, tag: None)
     assert det.reload() and det.watcher.agg.rules["relay"]["count"] == 3
@@ -96,10 +99,7 @@ def test_broken_settings_keep_the_ones_in_force(tmp_path):
 
 
 def test_the_detector_ends_when_its_code_changes_so_the_engine_runs_the_new_code(tmp_path):
-    log = tmp_path / "mail.log"
-    log.write_text("")
-    wdir = tmp_path / "watch"
-    wdir.mkdir()
+    log, wdir = _dirs(tmp_path)
     ext = _extmods(tmp_path)
     watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 3))
     det = watch.Detector(str(wdir), str(ext), lambda data, tag: None)
@@ -117,10 +117,7 @@ def test_the_detector_ends_when_its_code_changes_so_the_engine_runs_the_new_code
 def test_the_launcher_prints_only_event_lines_and_logs_elsewhere(tmp_path):
     """The launcher as mail.defense renders it, run as the script engine runs it."""
     import jinja2
-    log = tmp_path / "mail.log"
-    log.write_text("")
-    wdir = tmp_path / "watch"
-    wdir.mkdir()
+    log, wdir = _dirs(tmp_path)
     ext = _extmods(tmp_path)
     watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 3))
     env = jinja2.Environment()
