@@ -759,6 +759,24 @@ class Aggregator:
         self.untracked = self.dropped = 0
         return report
 
+    def forget_users(self, users):
+        """Drop what the windows hold of ``users`` (the postmaster released them: counting
+        their mail from before the release again would hold them again). Returns how many
+        were known."""
+        users = set(users)
+        known = 0
+        for user in users:
+            if self._totals["outbound"].pop(user, None) is not None:
+                known += 1
+            self._cur_out.pop(user, None)
+            self._since.pop(("outbound_m", user), None)
+            self._since.pop(("outbound_r", user), None)
+            self._backlog.pop(("user", user), None)
+        for _t, bucket in self._hist["outbound"]:
+            for user in users & bucket.keys():
+                del bucket[user]
+        return known
+
     def _crossed(self, key, added, total, limit):
         """First time: window total reached the limit. Later: `limit` more since the last report."""
         if not added:

@@ -173,6 +173,37 @@ def _write_map(path, text):
                 os.unlink(p)
 
 
+# The detector's directory: fixed by the engine stanza (mailfleet_watch.ENGINE_STANZA).
+WATCH_DIR = "/var/lib/mailfleet/watch"
+
+
+def _forget(users, watch_dir=WATCH_DIR, wait=5.0):
+    """Ask the host's detector to drop the counts of released ``users``: without this the
+    mail they sent before the release, still in its window, holds them again at their next
+    message. Waits (bounded) for the detector to confirm; returns "confirmed", "not
+    confirmed" (it will still read the request) or "no detector"."""
+    import json
+    import uuid
+    if not os.path.isdir(watch_dir):
+        return "no detector"
+    rid = uuid.uuid4().hex
+    path = os.path.join(watch_dir, "forget.json")
+    fd, tmp = tempfile.mkstemp(prefix=".forget.", dir=watch_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump({"id": rid, "users": sorted(users), "time": time.time()}, fh)
+    os.replace(tmp, path)
+    ended = time.monotonic() + wait
+    while time.monotonic() < ended:
+        try:
+            with open(os.path.join(watch_dir, "status.json"), encoding="utf-8") as fh:
+                if json.load(fh).get("forgot") == rid:
+                    return "confirmed"
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    return "not confirmed"
+
+
 def _run(argv, inp=None):
     proc = subprocess.run(argv, input=inp, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
@@ -243,6 +274,8 @@ def sync(holds=None, release=None, test=False):
         _run([_bin("postsuper"), "-H", "-"], "\n".join(todo["release_ids"]) + "\n")
         for qid in todo["release_ids"]:
             subprocess.run([_bin("postqueue"), "-i", qid], capture_output=True, timeout=60)
+    if todo["released"] and (release or "map" in changes):
+        changes["forgotten"] = _forget(todo["released"])
     if changes:
         log.info("mailfleet_sasl_hold: %s", changes)
     return {"result": True, "changes": changes, "truncated": truncated,

@@ -47,6 +47,9 @@ CODE_MODULES = (("utils", "mailfleet_watch"), ("modules", "mailfleet_maillog"),
                 ("modules", "mailfleet_dnsbl"), ("modules", "mailfleet_certwatch"),
                 ("modules", "mailfleet_queue"))
 SETTINGS, STATUS, LAUNCHER = "settings.json", "status.json", "run"
+# Written by mailfleet_sasl_hold.sync when the postmaster releases users: {"id", "users"}.
+# The detector drops their counts and names the request in status.json ("forgot").
+FORGET = "forget.json"
 # The minion config stanza (config/minion.d/mailfleet.conf holds the same; a test compares).
 DEFAULT_WATCH_DIR = "/var/lib/mailfleet/watch"
 ENGINE_STANZA = {"mailfleet_watch": {
@@ -254,6 +257,9 @@ class Detector:
         self.code_stamp, self.code_digest = _stamp(self.code), digest(self.code)
         self.fire = fire
         self.conf, self.settings_stamp, self.settings_digest = None, None, None
+        self.forget_path = os.path.join(watch_dir, FORGET)
+        # a request older than this program is moot: its counts died with the last one
+        self.forget_stamp, self.forgot = _stamp([self.forget_path]), None
         self.watcher, self.poll = None, 0.1
         self.threads = {n: _Thread(n) for n in ("dnsbl", "certs", "queue")}
 
@@ -338,10 +344,31 @@ class Detector:
             log.info("mailfleet_watch: queue checked every %ss (deferred %s, age %ss)", qw.conf["interval"],
                      qw.conf["deferred"], qw.conf["age"])
 
+    def forget(self):
+        """Apply a new forget request; True when one was applied."""
+        stamp = _stamp([self.forget_path])
+        if stamp == self.forget_stamp:
+            return False
+        self.forget_stamp = stamp
+        try:
+            with open(self.forget_path, encoding="utf-8") as fh:
+                req = json.load(fh)
+            users = [u for u in req["users"] if isinstance(u, str)]
+            rid = str(req["id"])[:64]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("mailfleet_watch: %s unreadable: %s", self.forget_path, exc)
+            return False
+        known = self.watcher.agg.forget_users(users) if self.watcher is not None else 0
+        log.info("mailfleet_watch: released users forgotten (%d counted): %s", known, ", ".join(users[:20]))
+        self.forgot = rid
+        self.write_status()
+        return True
+
     def write_status(self):
         try:
             write_json(self.status_path, {"pid": os.getpid(), "settings": self.settings_digest,
-                                          "code": self.code_digest, "loaded": time.time()}, 0o644)
+                                          "code": self.code_digest, "loaded": time.time(),
+                                          "forgot": self.forgot}, 0o644)
         except OSError as exc:
             log.warning("mailfleet_watch: %s: %s", self.status_path, exc)
 
@@ -369,6 +396,7 @@ class Detector:
                     log.info("mailfleet_watch: my code changed: exiting, the engine starts the new code")
                     break
                 self.reload()
+                self.forget()
             w = self.watcher
             if w is None:
                 time.sleep(0.5)

@@ -163,3 +163,50 @@ def test_the_settings_state_writes_once_and_then_changes_nothing(tmp_path):
     changed = dict(settings, thresholds={"relay": {"count": 5, "window": 600}})
     dry = state.configured(str(tmp_path / "watch"), changed)
     assert dry["changes"] == {"settings": {"keys": ["thresholds"]}} and dry["result"] is None
+
+
+SUBMIT = ("2026-11-25T19:56:0{n}.000000+00:00 mail01 postfix/submission/smtpd[4100]: 4B{n:03d}: "
+          "client=unknown[198.18.0.100], sasl_method=PLAIN, sasl_username=alice@example-a.test\n")
+
+
+def test_a_released_user_starts_from_zero_so_her_next_message_does_not_hold_her_again(tmp_path):
+    """Issue 12 follow-up: the detector now outlives a highstate, so after the postmaster's
+    release its window still held alice's earlier mail and her first new message held her
+    again. mailfleet_sasl_hold.sync writes the release request; the detector confirms it."""
+    import mailfleet_sasl_hold as sasl_hold
+    log, wdir = _dirs(tmp_path)
+    conf = _settings(log, 100)
+    conf["thresholds"]["outbound"] = {"messages": 3, "recipients": 1000, "window": 900}
+    watch.write_json(str(wdir / watch.SETTINGS), conf)
+    fired = []
+    det = watch.Detector(str(wdir), str(_extmods(tmp_path)), lambda data, tag: fired.append(data))
+    th = threading.Thread(target=det.run, kwargs={"max_seconds": 15}, daemon=True)
+    th.start()
+    assert _wait(lambda: det.conf is not None)
+
+    def outbound_reports():
+        return [o for rep in fired for o in rep.get("outbound", [])]
+    with open(log, "a") as fh:
+        fh.write("".join(SUBMIT.format(n=i) for i in range(3)))
+    assert _wait(lambda: outbound_reports()), "3 messages at a limit of 3 were not reported"
+    with open(log, "a") as fh:  # held: two more (5 in the window, 2 since the report)
+        fh.write("".join(SUBMIT.format(n=i) for i in range(3, 5)))
+    time.sleep(1.0)
+    assert len(outbound_reports()) == 1
+    assert sasl_hold._forget(["alice@example-a.test"], watch_dir=str(wdir)) == "confirmed"
+    with open(log, "a") as fh:  # released: her next message is the first of a new count
+        fh.write(SUBMIT.format(n=5))
+    time.sleep(1.5)
+    assert len(outbound_reports()) == 1, outbound_reports()
+    with open(log, "a") as fh:  # ... and the limit still holds for what she sends after it
+        fh.write("".join(SUBMIT.format(n=i) for i in range(6, 8)))
+    assert _wait(lambda: len(outbound_reports()) == 2), "3 messages after the release were not reported"
+    assert outbound_reports()[-1]["messages"] == 3
+    th.join(20)
+
+
+def test_without_a_detector_the_release_says_so(tmp_path):
+    import mailfleet_sasl_hold as sasl_hold
+    assert sasl_hold._forget(["a@b.test"], watch_dir=str(tmp_path / "absent")) == "no detector"
+    (tmp_path / "w").mkdir()
+    assert sasl_hold._forget(["a@b.test"], watch_dir=str(tmp_path / "w"), wait=0.5) == "not confirmed"
