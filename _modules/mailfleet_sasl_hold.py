@@ -211,17 +211,74 @@ def _run(argv, inp=None):
     return proc
 
 
-def plan(holds, current_map, msgs, release=()):
-    """What sync would do (pure): {"map": changed?, "hold_ids": [...], "release_ids": [...]}"""
-    q = _queue_mod()
+# Released mail held longer than this is requeued (``postsuper -r``: a new queue id and a
+# new arrival time) rather than released (``-H``): postsuper(1) advises it for mail held a
+# significant fraction of maximal_queue_lifetime, which would otherwise bounce at its first
+# deferral. The hold queue itself is outside the lifetimes (qmgr never scans it), so a SASL
+# hold needs no raised lifetimes on the host: the requeue is what keeps released mail safe.
+REQUEUE_AFTER = 86_400
+# At most this many queue files are read for their SASL login per sync (postcat each).
+MAX_LOGINS = 10_000
+_LOGIN_RE = re.compile(r"^named_attribute: sasl_username=(.*)$", re.M)
+
+
+def login_of(envelope):
+    """The SASL login recorded in a queue file's envelope (``postcat -e`` text), lower-case;
+    "" when the message was not submitted by an authenticated client."""
+    m = _LOGIN_RE.search(envelope or "")
+    return m.group(1).strip().lower() if m else ""
+
+
+def _login_candidates(msgs, held, released):
+    """Queue ids whose login matters: the hold queue when someone is released, the other
+    queues' messages whose sender shares a domain with a held user (an alias of the user,
+    most often; reading every queue file of a large deferred queue would take minutes)."""
+    domains = {u.rpartition("@")[2] for u in held}
+    out = []
+    for m in msgs:
+        sender = str(m.get("sender", "")).lower()
+        if m.get("queue_name") == "hold":
+            if released:
+                out.append(m["queue_id"])
+        elif held and sender.rpartition("@")[2] in domains:
+            out.append(m["queue_id"])
+    return out[:MAX_LOGINS]
+
+
+def _logins(qids):
+    """{queue id: login} from the queue files (postcat -e); a message gone meanwhile is left out."""
+    out = {}
+    for qid in qids:
+        proc = subprocess.run([_bin("postcat"), "-e", "-q", qid], capture_output=True, text=True,
+                              timeout=30, errors="replace")
+        if proc.returncode == 0:
+            out[qid] = login_of(proc.stdout)
+    return out
+
+
+def plan(holds, current_map, msgs, release=(), logins=None, now=None, requeue_after=REQUEUE_AFTER):
+    """What sync would do (pure): {"map": changed?, "hold_ids", "release_ids", "requeue_ids",
+    "released"}. A message belongs to a user by its envelope sender or by the SASL login that
+    submitted it (``logins``: {queue id: login}), so mail sent under an alias is held and
+    released with its sender's account."""
+    logins = logins or {}
     held_users = set(holds)
     released = {u.lower() for u in release} - held_users
     # users that lost their hold since the map was written are released too (level-triggered)
     released |= set(current_map) - held_users
+
+    def owned(m, users, queues):
+        return m.get("queue_name") in queues and (
+            str(m.get("sender", "")).lower() in users or logins.get(m["queue_id"], "") in users)
+    hold_ids = sorted(m["queue_id"] for m in msgs if held_users and owned(m, held_users, ("incoming", "active", "deferred")))
+    out = sorted((m for m in msgs if released and owned(m, released, ("hold",))), key=lambda m: m["queue_id"])
+    now = time.time() if now is None else now
+    old = [m["queue_id"] for m in out if now - float(m.get("arrival_time") or now) >= requeue_after]
     return {
         "map": current_map != holds,
-        "hold_ids": q.ids_of_senders(msgs, held_users, queues=("incoming", "active", "deferred")) if held_users else [],
-        "release_ids": q.ids_of_senders(msgs, released, queues=("hold",)) if released else [],
+        "hold_ids": hold_ids,
+        "release_ids": [m["queue_id"] for m in out if m["queue_id"] not in old],
+        "requeue_ids": old,
         "released": sorted(released),
     }
 
@@ -251,7 +308,9 @@ def sync(holds=None, release=None, test=False):
         msgs, truncated = q.read_queue()
     else:
         msgs, truncated = [], False
-    todo = plan(holds, current, msgs, release)
+    released_now = (set(release) | set(current)) - set(holds)
+    logins = _logins(_login_candidates(msgs, set(holds), released_now)) if msgs else {}
+    todo = plan(holds, current, msgs, release, logins=logins)
     changes = {}
     if todo["map"] or not exists:
         changes["map"] = {"old": current, "new": holds}
@@ -259,6 +318,8 @@ def sync(holds=None, release=None, test=False):
         changes["held"] = todo["hold_ids"]
     if todo["release_ids"]:
         changes["released"] = todo["release_ids"]
+    if todo["requeue_ids"]:
+        changes["requeued"] = todo["requeue_ids"]
     if test:
         return {"result": None if changes else True, "changes": changes, "truncated": truncated,
                 "comment": "would change" if changes else "in sync"}
@@ -274,6 +335,9 @@ def sync(holds=None, release=None, test=False):
         _run([_bin("postsuper"), "-H", "-"], "\n".join(todo["release_ids"]) + "\n")
         for qid in todo["release_ids"]:
             subprocess.run([_bin("postqueue"), "-i", qid], capture_output=True, timeout=60)
+    if todo["requeue_ids"]:
+        # out of the hold queue through pickup: a new queue id and arrival time, sent at once
+        _run([_bin("postsuper"), "-r", "-"], "\n".join(todo["requeue_ids"]) + "\n")
     if todo["released"] and (release or "map" in changes):
         changes["forgotten"] = _forget(todo["released"])
     if changes:
