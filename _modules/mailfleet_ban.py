@@ -18,6 +18,9 @@ import logging
 import subprocess
 import time
 
+# salt://_utils (the loader puts the utils directories on sys.path while it loads)
+import mailfleet_address
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_ban"
@@ -35,14 +38,8 @@ def __virtual__():
 
 def normalise(address):
     """The canonical text of an address we may ban, or raise ValueError."""
-    if not isinstance(address, str) or len(address) > 64:
-        raise ValueError(f"not an address: {address!r}")
-    ip = ipaddress.ip_address(address.strip())
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
-        raise ValueError(f"refusing to ban {ip}")
-    return str(ip), ip.version
+    text = mailfleet_address.address(address, ban=True)
+    return text, ipaddress.ip_address(text).version
 
 
 def _timeout(value):

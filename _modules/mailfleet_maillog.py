@@ -119,6 +119,9 @@ import re
 from collections import OrderedDict, deque
 from typing import NamedTuple, Optional
 
+# salt://_utils: on sys.path for the loader, the detector's launcher and the tests
+import mailfleet_address
+
 __virtualname__ = "mailfleet_maillog"
 
 
@@ -146,13 +149,9 @@ def norm_ip(text):
     hit = _IP_CACHE.get(text)
     if hit is None:
         try:
-            addr = ipaddress.ip_address(text)
+            hit = mailfleet_address.address(text)
         except ValueError:
             hit = ""
-        else:
-            if addr.version == 6 and addr.ipv4_mapped is not None:
-                addr = addr.ipv4_mapped
-            hit = str(addr)
         if len(_IP_CACHE) >= _IP_CACHE_MAX:
             _IP_CACHE.clear()
         _IP_CACHE[text] = hit

@@ -40,6 +40,7 @@ import threading
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_address
 import mailfleet_events
 import mailfleet_ledger
 
@@ -90,14 +91,7 @@ def policy(overrides=None):
 
 def norm_address(text):
     """Canonical address text, or raise ValueError (non-strings, garbage, non-unicast)."""
-    if not isinstance(text, str) or not 2 <= len(text) <= 64:
-        raise ValueError("not an address")
-    ip = ipaddress.ip_address(text.strip())
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
-        raise ValueError(f"{ip} is not a unicast address")
-    return str(ip)
+    return mailfleet_address.address(text, ban=True)
 
 
 def check_report(payload, sender, pol):
@@ -141,14 +135,18 @@ def check_report(payload, sender, pol):
     return out, refused
 
 
-def allow_networks(entries):
-    """ip_network objects from addresses/networks (bad entries are logged and skipped)."""
+def allow_networks(entries, addresses=()):
+    """ip_network objects for the never-ban list; bad entries are logged and skipped.
+
+    ``entries``: what the master's owner wrote (master config, pillar): addresses or networks
+    no wider than /16 or /48. ``addresses``: what hosts say of themselves (grains, the
+    master's interfaces): single addresses only, so a grain of 0.0.0.0/0 allow-lists nothing."""
     nets = []
-    for e in entries or []:
+    for e, single in [(e, False) for e in entries or []] + [(a, True) for a in addresses or []]:
         try:
-            net = ipaddress.ip_network(str(e).strip(), strict=False)
-        except ValueError:
-            log.warning("mailfleet_defense: ignoring bad allow-list entry %r", e)
+            net = mailfleet_address.network(str(e), single=single)
+        except ValueError as exc:
+            log.warning("mailfleet_defense: allow-list entry refused: %s", exc)
             continue
         nets.append(net)
         if net.version == 4:  # the same address as IPv4-mapped IPv6
@@ -315,29 +313,36 @@ def _fleet_allow(pol):
 
 def _build_allow(pol):
     """Allow-list: master config entries, the master, every minion's addresses and mynetworks."""
-    entries = list(pol["allow"])
+    entries, addresses = list(pol["allow"]), []
     iface = __opts__.get("interface")  # noqa: F821
     if iface and iface not in ("0.0.0.0", "::"):
-        entries.append(iface)
+        addresses.append(iface)
     try:
         import salt.utils.network
-        entries += salt.utils.network.ip_addrs() + salt.utils.network.ip_addrs6()
+        addresses += salt.utils.network.ip_addrs() + salt.utils.network.ip_addrs6()
     except Exception:  # pragma: no cover
         log.exception("mailfleet_defense: master addresses")
     try:
-        entries += _minion_addresses()
+        found = _minion_addresses()
+        entries += found["networks"]
+        addresses += found["addresses"]
     except Exception:  # pragma: no cover
         log.exception("mailfleet_defense: minion data cache")
-    return allow_networks(entries)
+    return allow_networks(entries, addresses)
 
 
 def minion_entries(grains, pillar):
-    """Never-ban entries of one minion: its addresses, its mynetworks, its pillar allow-list."""
+    """Never-ban entries of one minion: ``addresses`` (its grains: a claim about itself,
+    taken one address at a time) and ``networks`` (its pillar's mynetworks and allow-list:
+    master-owned data)."""
     grains, pillar = grains or {}, pillar or {}
     mf = pillar.get("mailfleet") or {}
-    return (list(grains.get("ipv4") or []) + list(grains.get("ipv6") or [])
-            + list((mf.get("host") or {}).get("mynetworks_extra") or [])
-            + list((mf.get("defense") or {}).get("allow") or []))
+
+    def items(v):
+        return [x for x in v if isinstance(x, str)] if isinstance(v, list) else []
+    return {"addresses": items(grains.get("ipv4")) + items(grains.get("ipv6")),
+            "networks": items((mf.get("host") or {}).get("mynetworks_extra"))
+            + items((mf.get("defense") or {}).get("allow"))}
 
 
 def _minion_addresses():
@@ -346,17 +351,21 @@ def _minion_addresses():
     import salt.cache
 
     cache = salt.cache.Cache(__opts__)  # noqa: F821
-    entries = []
+    found = {"addresses": [], "networks": []}
+
+    def add(one):
+        for k, v in one.items():
+            found[k] += v
     ids = set(cache.list("grains") or []) | set(cache.list("pillar") or [])
     for mid in ids:
-        entries += minion_entries(cache.fetch("grains", mid), cache.fetch("pillar", mid))
+        add(minion_entries(cache.fetch("grains", mid), cache.fetch("pillar", mid)))
     for mid in cache.list("minions") or []:
         data = cache.fetch(f"minions/{mid}", "data") or {}
-        entries += minion_entries(data.get("grains"), data.get("pillar"))
-    if not ids and not entries:
+        add(minion_entries(data.get("grains"), data.get("pillar")))
+    if not ids and not found["addresses"]:
         log.error("mailfleet_defense: no minion data in the master's cache: the fleet's own "
                   "addresses are unknown (minion_data_cache off?)")
-    return entries
+    return found
 
 
 def _fire(tag, data):

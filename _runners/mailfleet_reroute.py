@@ -53,6 +53,7 @@ import re
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_address
 import mailfleet_events
 import mailfleet_ledger
 from mailfleet_outbound_mode import DEFAULTS as OUTBOUND_DEFAULTS
@@ -104,12 +105,7 @@ class Refused(ValueError):
 # --- pure: validation and planning ---------------------------------------------------------
 
 def norm_ip(text):
-    if not isinstance(text, str) or not 2 <= len(text) <= 64:
-        raise ValueError("not an address")
-    ip = ipaddress.ip_address(text.strip())
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
+    return mailfleet_address.address(text)
 
 
 def check_event(payload, sender, host_ips):

@@ -43,7 +43,7 @@ TAG = "mailfleet/abuse/report"
 DNSBL_TAG = "mailfleet/dnsbl/transition"
 # The modules this program runs, as a minion's extension_modules holds them (the launcher
 # puts utils/ and modules/ on sys.path): a change of any of them restarts the program.
-CODE_MODULES = (("utils", "mailfleet_watch"), ("modules", "mailfleet_maillog"),
+CODE_MODULES = (("utils", "mailfleet_watch"), ("utils", "mailfleet_address"), ("modules", "mailfleet_maillog"),
                 ("modules", "mailfleet_dnsbl"), ("modules", "mailfleet_certwatch"),
                 ("modules", "mailfleet_queue"))
 SETTINGS, STATUS, LAUNCHER = "settings.json", "status.json", "run"

@@ -72,7 +72,7 @@ def test_policy_rejects_unknown_and_bad_settings():
 # --- allow-list ------------------------------------------------------------------------------
 
 def test_allow_list():
-    nets = d.allow_networks(["198.18.0.11", "198.18.0.12", "198.18.0.1", "10.0.0.0/8", "2001:db8:1::/48", "junk"])
+    nets = d.allow_networks(["198.18.0.11", "198.18.0.12", "198.18.0.1", "10.9.0.0/16", "2001:db8:1::/48", "junk"])
     assert d.allowed("198.18.0.11", nets)
     assert d.allowed("10.9.8.7", nets)
     assert d.allowed("2001:db8:1::5", nets)
@@ -221,7 +221,8 @@ def test_minion_entries_from_cached_grains_and_pillar():
     grains = {"ipv4": ["127.0.0.1", "198.18.0.11"], "ipv6": ["::1", "fe80::1"]}
     pillar = {"mailfleet": {"host": {"mynetworks_extra": ["192.0.2.0/24"]}, "defense": {"allow": ["198.18.0.100"]}}}
     entries = d.minion_entries(grains, pillar)
-    assert entries == ["127.0.0.1", "198.18.0.11", "::1", "fe80::1", "192.0.2.0/24", "198.18.0.100"]
-    nets = d.allow_networks(entries)
+    assert entries == {"addresses": ["127.0.0.1", "198.18.0.11", "::1", "fe80::1"],
+                       "networks": ["192.0.2.0/24", "198.18.0.100"]}
+    nets = d.allow_networks(entries["networks"], entries["addresses"])
     assert all(d.allowed(a, nets) for a in ("198.18.0.11", "192.0.2.77", "198.18.0.100", "::ffff:198.18.0.11"))
-    assert d.minion_entries(None, None) == []
+    assert d.minion_entries(None, None) == {"addresses": [], "networks": []}

@@ -24,7 +24,6 @@ def report(*ips, host="mail02.lab.test"):
     return {"host": host, "offenders": [{"ip": ip, "rules": {"relay": 5}} for ip in ips]}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: not fixed yet")
 @pytest.mark.parametrize("scoped", SCOPED)
 def test_a_scoped_ipv6_address_in_a_report_is_refused_and_the_rest_is_banned(scoped):
     out, refused = d.check_report(report(scoped, "198.18.0.66"), "mail02.lab.test", POL)
@@ -32,7 +31,6 @@ def test_a_scoped_ipv6_address_in_a_report_is_refused_and_the_rest_is_banned(sco
     assert [r[0] for r in refused] == [repr(scoped)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: not fixed yet")
 @pytest.mark.parametrize("scoped", SCOPED)
 def test_no_normaliser_lets_a_scoped_address_through(scoped):
     with pytest.raises(ValueError):
@@ -53,7 +51,6 @@ def test_every_normaliser_gives_the_same_canonical_form(text, canonical):
     assert ml.norm_ip(text.strip()) == canonical
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: not fixed yet")
 @pytest.mark.parametrize("grain", ["0.0.0.0/0", "::/0", "198.18.0.0/15", "10.0.0.0/8", "2001:db8::/32"])
 def test_a_network_in_a_hosts_grains_does_not_switch_bans_off(grain):
     """A compromised host writes networks into its ipv4/ipv6 grains: the never-ban list takes
@@ -64,7 +61,6 @@ def test_a_network_in_a_hosts_grains_does_not_switch_bans_off(grain):
     assert not d.allowed("2001:db8::9", nets)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: not fixed yet")
 @pytest.mark.parametrize("entry", ["0.0.0.0/0", "::/0", "10.0.0.0/8", "198.18.0.0/15", "2001:db8::/32"])
 def test_the_allow_list_refuses_networks_wider_than_a_16_or_a_48(entry):
     nets = d.allow_networks([entry])
@@ -89,7 +85,6 @@ def _rules(text):
     return [line.strip() for line in chain.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: not fixed yet")
 def test_a_banned_resolver_or_master_still_answers_this_host():
     """Replies to what this host opened (DNS queries, the master channel, relayhost sessions)
     are accepted before the ban drop: one bad ban must not cut DNS or the master off."""
@@ -114,7 +109,6 @@ def test_the_ruleset_is_valid_for_nft():
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: not fixed yet")
 def test_the_addresses_module_is_the_one_normaliser():
     import mailfleet_address as addr
     assert addr.address("::ffff:198.18.0.66") == "198.18.0.66"
