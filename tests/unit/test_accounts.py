@@ -78,7 +78,39 @@ def runner(tmp_path, monkeypatch):
                                                   "mail02.lab.test": {"result": True, "changes": {}}}))
     monkeypatch.setattr(acc, "_alert", lambda kind, subject, message, details=None, severity="warning":
                         alerted.append((kind, subject, severity, details)))
-    return {"ledger": ledger, "pushed": pushed, "alerted": alerted}
+    # what the master's domain data says each host serves (the minion data cache's pillar)
+    served = {H1: {"example-a.test", "example-b.test"}, "mail02.lab.test": {"example-b.test"}}
+    monkeypatch.setattr(acc, "_served_domains", lambda minion: served.get(minion), raising=False)
+    return {"ledger": ledger, "pushed": pushed, "alerted": alerted, "served": served}
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: any host can hold any user")
+def test_a_host_cannot_hold_a_user_of_a_domain_it_does_not_serve(runner):
+    ret = acc.outbound("mail02.lab.test", outbound_report(ALICE, "bob@example-b.test", host="mail02.lab.test"))
+    assert ret["held"] == ["bob@example-b.test"]
+    assert [i[0] for i in ret["invalid"]] == [ALICE] and "does not serve" in ret["invalid"][0][1]
+    assert runner["pushed"][-1] == ({"bob@example-b.test": "hold"}, None)
+    refused = [a for a in runner["alerted"] if a[0] == "report_refused"]
+    assert refused and refused[0][1] == "mail02.lab.test" and ALICE in json.dumps(refused[0][3])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: any host can hold any user")
+def test_a_host_whose_domains_the_master_does_not_know_holds_no_one(runner):
+    ret = acc.outbound("mail09.lab.test", outbound_report(ALICE, host="mail09.lab.test"))
+    assert ret["held"] == [] and not runner["pushed"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: holds per reporter are not capped")
+def test_holds_per_reporter_are_capped_and_the_excess_is_refused_with_an_alert(runner, monkeypatch):
+    monkeypatch.setitem(acc.__opts__, "mailfleet_accounts", {"max_holds_per_reporter": 3})
+    users = [f"user{i}@example-a.test" for i in range(5)]
+    ret = acc.outbound(H1, outbound_report(*users))
+    assert ret["held"] == users[:3]
+    assert sorted(i[0] for i in ret["invalid"]) == users[3:]
+    assert [a for a in runner["alerted"] if a[0] == "report_refused" and a[1] == H1]
+    # a user already held may still be escalated to refuse: the cap counts new holds only
+    ret = acc.outbound(H1, outbound_report(users[0]))
+    assert ret["refused"] == [users[0]]
 
 
 def test_hold_refuse_release_recorded_pushed_and_alerted(runner):
