@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 __virtualname__ = "mailfleet_accounts"
 
 MAX_USERS = 100  # per report (the engine sends at most 100)
+# Holds in force that one reporter may have started (master config
+# mailfleet_accounts:max_holds_per_reporter): a compromised host cannot fill every host's map.
+MAX_HOLDS_PER_REPORTER = 100
 _USER_RE = re.compile(r"^[^\s#:,\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,99}$")
 _LOCK = threading.Lock()
 
@@ -91,6 +94,33 @@ def check_outbound(payload):
         out.append((user, {"messages": _count(e.get("messages")), "recipients": _count(e.get("recipients")),
                            "window": _count(e.get("window")), "ips": ips}))
     return out, refused
+
+
+def served_only(users, domains):
+    """(users of ``domains``, refusals): a host reports only its own domains' users.
+    ``domains``: what the master's data says the reporter serves (None: unknown, nobody)."""
+    domains = {str(d).lower().rstrip(".") for d in domains or ()}
+    kept, refused = [], []
+    for user, info in users:
+        if user.rpartition("@")[2] in domains:
+            kept.append((user, info))
+        else:
+            refused.append((user, "the reporter does not serve this user's domain"))
+    return kept, refused
+
+
+def cap_new_holds(actions, started, cap):
+    """(actions, refusals): at most ``cap`` holds in force started by one reporter
+    (``started``: how many it has now); escalations of users already held always pass."""
+    kept, refused, n = [], [], started
+    for action in actions:
+        if action[1] == "hold":
+            if n >= cap:
+                refused.append((action[0], f"the reporter already started {n} holds in force (max {cap})"))
+                continue
+            n += 1
+        kept.append(action)
+    return kept, refused
 
 
 def decide(users, current):
@@ -149,6 +179,10 @@ class Holds(mailfleet_ledger.Tables):
                 self.db.execute("UPDATE sasl_holds SET mode=?, reason=?, updated=? WHERE user=? AND released IS NULL",
                                 (mode, reason, now, user))
 
+    def started_by(self, reporter):
+        return self.db.execute("SELECT COUNT(*) FROM sasl_holds WHERE reporter=? AND released IS NULL",
+                               (reporter,)).fetchone()[0]
+
     def release(self, user, now, who):
         return self.db.execute("UPDATE sasl_holds SET released=?, released_by=? WHERE user=? AND released IS NULL",
                                (now, who, user)).rowcount
@@ -205,25 +239,59 @@ def _summary(ret):
     return out
 
 
+def _served_domains(minion):
+    """The domains the master's own data gives ``minion`` (its pillar as the master compiled
+    it last, from the minion data cache), or None when unknown. Never the minion's word."""
+    import salt.cache
+    try:
+        pillar = salt.cache.Cache(__opts__).fetch("pillar", minion)  # noqa: F821
+    except Exception:  # pylint: disable=broad-except
+        log.exception("mailfleet_accounts: minion data cache")
+        return None
+    if not isinstance(pillar, dict) or not pillar:
+        return None
+    domains = (pillar.get("mailfleet") or {}).get("domains") or {}
+    return set(domains) if isinstance(domains, dict) else set()
+
+
+def _cap():
+    conf = __opts__.get("mailfleet_accounts") or {}  # noqa: F821
+    cap = conf.get("max_holds_per_reporter", MAX_HOLDS_PER_REPORTER)
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else MAX_HOLDS_PER_REPORTER
+
+
 def outbound(minion, payload):
     """The reactor path (called by mailfleet_defense.report with a checked report):
     hold / refuse the users over the threshold. Returns what was done."""
     users, refused = check_outbound(payload)
+    served = _served_domains(minion) if users else set()
+    if users and served is None:
+        log.error("mailfleet_accounts: no domain data for %s in the master's cache: its report holds no one", minion)
+    users, foreign = served_only(users, served)
+    refused += foreign
     for item, why in refused:
         log.warning("mailfleet_accounts: outbound entry %s from %s refused: %s", item, minion, why)
-    if not users:
-        return {"held": [], "refused": [], "invalid": [list(r) for r in refused]}
+    capped = []
     now = time.time()
-    with _LOCK:
-        led = Holds(_ledger_path())
-        try:
-            with led:
-                actions = decide(users, led.current())
-                led.apply(actions, minion, now)
-                holds = led.current()
-        finally:
-            led.close()
-        pushed = _summary(_push(holds)) if actions else {}
+    actions, pushed = [], {}
+    if users:
+        with _LOCK:
+            led = Holds(_ledger_path())
+            try:
+                with led:
+                    actions, capped = cap_new_holds(decide(users, led.current()), led.started_by(minion), _cap())
+                    led.apply(actions, minion, now)
+                    holds = led.current()
+            finally:
+                led.close()
+            pushed = _summary(_push(holds)) if actions else {}
+    refused += capped
+    if foreign or capped:
+        _alert("report_refused", minion, f"{minion} reported {len(foreign) + len(capped)} SASL users the master "
+               f"refused to hold: {'; '.join(f'{u} ({why})' for u, why in (foreign + capped)[:5])}",
+               details={"host": minion, "refused": [list(r) for r in (foreign + capped)[:50]]}, severity="critical")
+    if not actions:
+        return {"held": [], "refused": [], "invalid": [list(r) for r in refused]}
     for user, mode, info in actions:
         what = ("accepted onto the hold queue (deferred, not bounced) until released"
                 if mode == "hold" else "refused with 450 4.7.1 (it kept sending while held)")

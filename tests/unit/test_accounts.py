@@ -84,7 +84,6 @@ def runner(tmp_path, monkeypatch):
     return {"ledger": ledger, "pushed": pushed, "alerted": alerted, "served": served}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: any host can hold any user")
 def test_a_host_cannot_hold_a_user_of_a_domain_it_does_not_serve(runner):
     ret = acc.outbound("mail02.lab.test", outbound_report(ALICE, "bob@example-b.test", host="mail02.lab.test"))
     assert ret["held"] == ["bob@example-b.test"]
@@ -94,13 +93,11 @@ def test_a_host_cannot_hold_a_user_of_a_domain_it_does_not_serve(runner):
     assert refused and refused[0][1] == "mail02.lab.test" and ALICE in json.dumps(refused[0][3])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: any host can hold any user")
 def test_a_host_whose_domains_the_master_does_not_know_holds_no_one(runner):
     ret = acc.outbound("mail09.lab.test", outbound_report(ALICE, host="mail09.lab.test"))
     assert ret["held"] == [] and not runner["pushed"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: holds per reporter are not capped")
 def test_holds_per_reporter_are_capped_and_the_excess_is_refused_with_an_alert(runner, monkeypatch):
     monkeypatch.setitem(acc.__opts__, "mailfleet_accounts", {"max_holds_per_reporter": 3})
     users = [f"user{i}@example-a.test" for i in range(5)]
