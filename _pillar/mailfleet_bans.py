@@ -26,6 +26,7 @@ import time
 
 # salt://_utils: Salt's pillar loader puts the utils directories on sys.path while it loads
 import mailfleet_ledger
+import mailfleet_report
 import mailfleet_outbound_mode
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,11 @@ def __virtual__():
 def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-argument
     now = time.time()
     out = {"active": {}, "revoked": [], "generated": now}
+    key = _report_key(minion_id)
     db = mailfleet_ledger.connect_ro(mailfleet_ledger.path(__opts__))  # noqa: F821
     if db is None:
         return {"mailfleet_bans": out, "mailfleet_outbound": {"mode": "normal", "admit": []},
-                "mailfleet_sasl_holds": {}}
+                "mailfleet_sasl_holds": {}, "mailfleet_report_key": key}
     memory = ((__opts__.get("mailfleet_defense") or {}).get("revoked_memory") or 7 * 86400)  # noqa: F821
     try:
         # (the file may exist without the bans table: the DNSBL runner's tables came first)
@@ -57,7 +59,19 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
         holds = _sasl_holds(db)
     finally:
         db.close()
-    return {"mailfleet_bans": out, "mailfleet_outbound": outbound, "mailfleet_sasl_holds": holds}
+    return {"mailfleet_bans": out, "mailfleet_outbound": outbound, "mailfleet_sasl_holds": holds,
+            "mailfleet_report_key": key}
+
+
+def _report_key(minion_id):
+    """This minion's own report key (made on first use; None once isolated): its detector
+    signs what it reports with it (_utils/mailfleet_report.py). No other host's."""
+    try:
+        d = mailfleet_report.key_dir(__opts__, mailfleet_ledger.path(__opts__))  # noqa: F821
+        return mailfleet_report.KeyStore(d).ensure(minion_id)
+    except (OSError, ValueError):
+        log.exception("mailfleet_bans: report key of %s", minion_id)
+        return None
 
 
 # --- held SASL users (compromised accounts, _runners/mailfleet_accounts.py) -----------------

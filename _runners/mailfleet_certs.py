@@ -38,12 +38,14 @@ import time
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_events
 import mailfleet_ledger
+import mailfleet_report
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_certs"
 
 TAG_REFUSED = "mailfleet/cert/refused"
+TAG_PROBLEM = "mailfleet/cert/problem"
 DEFAULTS = {"cooldown": 21600, "timeout": 300, "probe_wait": 30}
 MAX_EVENT_BYTES = 64 << 10
 MAX_LINEAGES = 20
@@ -254,6 +256,13 @@ def problem(minion=None, payload=None):
     """Decide on one mailfleet/cert/problem event (the cert reactor calls this with the raw event)."""
     conf = _conf()
     now = time.time()
+    try:
+        # the signature names the sender; the event's minion id proves nothing (issue 13)
+        minion, payload = mailfleet_report.check(__opts__, _ledger_path(), TAG_PROBLEM, payload, minion)  # noqa: F821
+    except mailfleet_report.Refused as exc:
+        log.warning("mailfleet_certs: refused certificate event from %r: %s", minion, exc)
+        _fire(TAG_REFUSED, {"minion": minion, "why": str(exc)})
+        return {"refused": str(exc)}
     pillar = _pillar(minion) if isinstance(minion, str) else None
     try:
         if pillar is None:

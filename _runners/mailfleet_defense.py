@@ -43,6 +43,7 @@ import time
 import mailfleet_address
 import mailfleet_events
 import mailfleet_ledger
+import mailfleet_report
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ ALERT_TAG = "mailfleet/alert/ban_rate"
 
 def __virtual__():
     return __virtualname__
+
+
+REPORT_TAG = "mailfleet/abuse/report"
 
 
 class Refused(ValueError):
@@ -408,8 +412,10 @@ def report(minion=None, payload=None, tag=None):
     pol = _policy()
     now = time.time()
     try:
+        # the signature names the sender; the event's minion id proves nothing (issue 13)
+        minion, payload = mailfleet_report.check(__opts__, ledger_path(__opts__), REPORT_TAG, payload, minion)  # noqa: F821
         offenders, refused = check_report(payload, minion, pol)
-    except Refused as exc:
+    except (Refused, mailfleet_report.Refused) as exc:
         log.warning("mailfleet_defense: refused report from %r: %s", minion, exc)
         _fire("mailfleet/defense/refused", {"minion": minion, "why": str(exc)})
         return {"refused": str(exc)}

@@ -54,6 +54,7 @@ import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_address
+import mailfleet_report
 import mailfleet_events
 import mailfleet_ledger
 from mailfleet_outbound_mode import DEFAULTS as OUTBOUND_DEFAULTS
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "mailfleet_reroute"
 
 TAG_REFUSED = "mailfleet/outbound/refused"
+TAG_DNSBL = "mailfleet/dnsbl/transition"
 STATES = ("listed", "cleared", "unknown")
 MODES = ("normal", "relay", "hold")
 MAX_TRANSITIONS = 500
@@ -413,6 +415,13 @@ def dnsbl(minion=None, payload=None):
     """Decide on one DNSBL transition event (the dnsbl reactor calls this with the raw event)."""
     conf = _conf()
     now = time.time()
+    try:
+        # the signature names the sender; the event's minion id proves nothing (issue 13)
+        minion, payload = mailfleet_report.check(__opts__, _ledger_path(), TAG_DNSBL, payload, minion)  # noqa: F821
+    except mailfleet_report.Refused as exc:
+        log.warning("mailfleet_reroute: refused DNSBL event from %r: %s", minion, exc)
+        _fire(TAG_REFUSED, {"minion": minion, "why": str(exc)})
+        return {"refused": str(exc)}
     fleet = _fleet_data()
     g, p = fleet.get(minion, ({}, {})) if isinstance(minion, str) else ({}, {})
     try:

@@ -43,13 +43,14 @@ TAG = "mailfleet/abuse/report"
 DNSBL_TAG = "mailfleet/dnsbl/transition"
 # The modules this program runs, as a minion's extension_modules holds them (the launcher
 # puts utils/ and modules/ on sys.path): a change of any of them restarts the program.
-CODE_MODULES = (("utils", "mailfleet_watch"), ("utils", "mailfleet_address"), ("modules", "mailfleet_maillog"),
+CODE_MODULES = (("utils", "mailfleet_watch"), ("utils", "mailfleet_address"), ("utils", "mailfleet_report"), ("modules", "mailfleet_maillog"),
                 ("modules", "mailfleet_dnsbl"), ("modules", "mailfleet_certwatch"),
                 ("modules", "mailfleet_queue"))
 SETTINGS, STATUS, LAUNCHER = "settings.json", "status.json", "run"
 # Written by mailfleet_sasl_hold.sync when the postmaster releases users: {"id", "users"}.
 # The detector drops their counts and names the request in status.json ("forgot").
 FORGET = "forget.json"
+REPORT_KEY = "report.key"  # this host's report key, written by mail.defense (0600)
 # The minion config stanza (config/minion.d/mailfleet.conf holds the same; a test compares).
 DEFAULT_WATCH_DIR = "/var/lib/mailfleet/watch"
 ENGINE_STANZA = {"mailfleet_watch": {
@@ -207,12 +208,33 @@ def write_json(path, data, mode=0o600):
 
 
 class Emitter:
-    """Events out: one JSON line each on stdout, read by Salt's script engine."""
+    """Events out: one JSON line each on stdout, read by Salt's script engine; each signed
+    with the host's report key (``key_path``, re-read when it changes) when there is one."""
 
-    def __init__(self, out):
+    def __init__(self, out, key_path=None):
         self.out, self.lock = out, threading.Lock()
+        self.key_path, self.key_stamp, self.key = key_path, None, None
+
+    def _key(self):
+        stamp = _stamp([self.key_path])
+        if stamp != self.key_stamp:
+            self.key_stamp = stamp
+            try:
+                with open(self.key_path, encoding="utf-8") as fh:
+                    key = json.load(fh)
+                self.key = key if isinstance(key, dict) and key.get("kid") and key.get("key") else None
+            except (OSError, ValueError):
+                self.key = None
+            if self.key is None:
+                log.warning("mailfleet_watch: no report key in %s: reports go unsigned (the master refuses them)",
+                            self.key_path)
+        return self.key
 
     def __call__(self, data, tag):
+        key = self._key() if self.key_path else None
+        if key is not None:
+            import mailfleet_report
+            data = mailfleet_report.sign(key, tag, data)
         line = json.dumps({"tag": tag, "data": data}, separators=(",", ":"))
         with self.lock:
             self.out.write(line + "\n")
@@ -446,7 +468,7 @@ def main(watch_dir=DEFAULT_WATCH_DIR, extmods=None, log_file=None):
     # (its parent is gone); wait for it rather than read the log twice.
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        det = Detector(watch_dir, extmods, Emitter(out))
+        det = Detector(watch_dir, extmods, Emitter(out, os.path.join(watch_dir, REPORT_KEY)))
         return det.run(parent=os.getppid())
     except BrokenPipeError:
         return 0

@@ -68,6 +68,20 @@ mailfleet-watch-launcher:
         extmods: {{ opts["extension_modules"] | tojson }}
         watch_dir: {{ watch_dir | tojson }}
 
+{#- This host's report key (the master's mailfleet_bans ext_pillar hands each host its own):
+    the detector signs every report with it; the master acts on no unsigned report. #}
+{%- set report_key = salt["pillar.get"]("mailfleet_report_key") %}
+{%- if report_key %}
+mailfleet-watch-report-key:
+  file.managed:
+    - name: {{ (watch_dir ~ "/report.key") | tojson }}
+    - contents: {{ report_key | tojson | tojson }}
+    - mode: "0600"
+    - show_changes: False
+    - require:
+      - file: mailfleet-watch-launcher
+{%- endif %}
+
 mailfleet-watch-settings:
   mailfleet_detector.configured:
     - name: {{ watch_dir | tojson }}

@@ -96,8 +96,9 @@ def fire(minion):
     cli = minion.salt_call_cli(timeout=60)
 
     def _fire(payload, tag="mailfleet/abuse/report"):
-        ret = cli.run("event.fire_master", json.dumps(payload), tag)
-        assert ret.returncode == 0, ret
+        # signed with the minion's own report key, as its detector signs (issue 13)
+        ret = cli.run("mailfleet_signed.fire", json.dumps(payload), tag)
+        assert ret.returncode == 0 and ret.data is True, ret
     return _fire
 
 
@@ -141,12 +142,15 @@ def test_event_reactor_runner_ban_applied(minion, fire, ledger_path):
     print(f"salt-call event -> nft element: {latency:.2f} s (includes salt-call start-up)")
 
 
-def test_forged_host_is_refused(minion, fire, ledger_path):
-    fire(report("mail02.lab.test", "198.19.20.2"))
-    fire(report(minion.id, "198.19.20.3"))  # a genuine one after it, as a marker
+def test_forged_host_and_unsigned_reports_are_refused(minion, fire, ledger_path):
+    fire(report("mail02.lab.test", "198.19.20.2"))  # signed with this minion's key, naming another host
+    unsigned = minion.salt_call_cli(timeout=60).run("event.fire_master", json.dumps(report(minion.id, "198.19.20.4")),
+                                                    "mailfleet/abuse/report")
+    assert unsigned.returncode == 0, unsigned
+    fire(report(minion.id, "198.19.20.3"))  # a genuine one after them, as a marker
     assert wait_for(lambda: "198.19.20.3" in ns_elements(), timeout=90)
-    assert "198.19.20.2" not in ns_elements()
-    assert "198.19.20.2" not in {r["address"] for r in ledger_rows(ledger_path)}
+    assert "198.19.20.2" not in ns_elements() and "198.19.20.4" not in ns_elements()
+    assert not {"198.19.20.2", "198.19.20.4"} & {r["address"] for r in ledger_rows(ledger_path)}
 
 
 def test_rate_cap_queues_the_excess_and_the_schedule_sends_it(master, minion, fire, ledger_path):

@@ -52,7 +52,7 @@ def reactor_live(lab, converged):
     log = _master_log()
     size = log.stat().st_size if log.exists() else 0
     host = "mail01.lab.test"
-    lab.salt(host, "event.fire_master", f'{{"host": "{host}", "offenders": [], "probe": "{marker}"}}',
+    lab.salt(host, "mailfleet_signed.fire", f'{{"host": "{host}", "offenders": [], "probe": "{marker}"}}',
              "mailfleet/abuse/report", timeout=60)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -116,9 +116,10 @@ def test_relay_prober_is_banned_on_every_host_and_unbanned(lab, converged, react
 
 def test_forged_report_naming_another_host_is_refused(lab, converged, reactor_live):
     forged = "198.19.50.50"  # synthetic: receives no traffic
-    lab.salt("mail02.lab.test", "event.fire_master",
-             f'{{"host": "mail01.lab.test", "offenders": [{{"ip": "{forged}", "rules": {{"relay": 9}}}}]}}',
-             "mailfleet/abuse/report", timeout=60)
+    claim = f'{{"host": "mail01.lab.test", "offenders": [{{"ip": "{forged}", "rules": {{"relay": 9}}}}]}}'
+    # unsigned, and signed with mail02's own key: neither is mail01's word
+    for fun in ("event.fire_master", "mailfleet_signed.fire"):
+        lab.salt("mail02.lab.test", fun, claim, "mailfleet/abuse/report", timeout=60)
     time.sleep(5)
     for h in lab.mail_hosts:
         assert not _banned(lab, h, forged)

@@ -48,7 +48,7 @@ def reactor_live(lab, published):
     """The running master must map mailfleet/dnsbl/transition to reactor/dnsbl.sls."""
     log = fleet.SALT_DIR / "master.log"
     since = log.stat().st_size
-    lab.salt(H1, "event.fire_master", json.dumps({"host": H1, "transitions": []}), TAG, timeout=60)
+    lab.salt(H1, "mailfleet_signed.fire", json.dumps({"host": H1, "transitions": []}), TAG, timeout=60)
     try:
         wait(lambda: _master_log_has(f"mailfleet_reroute: DNSBL event from {H1}", since), 20, "the reactor")
         yield None

@@ -102,7 +102,7 @@ def reactor_live(lab, published):
     event with no lineage is refused by the runner, which logs it)."""
     log = fleet.SALT_DIR / "master.log"
     since = log.stat().st_size
-    lab.salt(H1, "event.fire_master", json.dumps({"host": H1, "lineages": []}), TAG, timeout=60)
+    lab.salt(H1, "mailfleet_signed.fire", json.dumps({"host": H1, "lineages": []}), TAG, timeout=60)
     try:
         wait(lambda: _master_log_has(f"mailfleet_certs: refused certificate event from '{H1}'", since), 20,
              "the cert reactor")
@@ -180,7 +180,7 @@ def test_certificate_near_expiry_is_renewed_reloaded_and_served_once(lab, restor
     # second renewal, a cert_cooldown alert says so.
     again = {"host": H1, "threshold_days": 3000, "lineages": [
         {"name": H1, "problems": ["expiring"], "report": "repeat", "disk": {"serial": new}}]}
-    lab.salt(H1, "event.fire_master", json.dumps(again), TAG, timeout=60)
+    lab.salt(H1, "mailfleet_signed.fire", json.dumps(again), TAG, timeout=60)
     wait(lambda: alerts(webhook, "cert_cooldown"), 90, "a cert_cooldown alert")
     assert [r["action"] for r in renewals(start)] == ["renew"]
     assert served_serial(lab, 587) == new
@@ -208,7 +208,7 @@ def test_a_failed_renewal_alerts_and_is_not_retried_within_the_cooldown(lab, res
         wait(lambda: alerts(webhook, "cert_failed"), 60, "the cert_failed alert")
         again = {"host": H1, "threshold_days": 3000, "lineages": [
             {"name": H1, "problems": ["expiring"], "report": "repeat", "disk": {"serial": before}}]}
-        lab.salt(H1, "event.fire_master", json.dumps(again), TAG, timeout=60)
+        lab.salt(H1, "mailfleet_signed.fire", json.dumps(again), TAG, timeout=60)
         time.sleep(15)
         assert len(renewals(start)) == 1                      # no second attempt: no loop
         assert disk_serial(lab) == before == served_serial(lab, 587)
@@ -218,8 +218,8 @@ def test_a_failed_renewal_alerts_and_is_not_retried_within_the_cooldown(lab, res
 
 
 def test_a_forged_event_naming_another_host_is_refused(lab, reactor_live):
-    """mail01 claims mail02's certificate is expiring: the runner refuses it (the claimed host
-    is not the sending minion) and nothing is renewed on mail02."""
+    """mail01 claims mail02's certificate is expiring, signed with mail01's own key: the runner
+    refuses it (no key of mail02's signed it) and nothing is renewed on mail02."""
     log = fleet.SALT_DIR / "master.log"
     since = log.stat().st_size
     start = last_id()
@@ -227,9 +227,9 @@ def test_a_forged_event_naming_another_host_is_refused(lab, reactor_live):
                      "/etc/letsencrypt/live/mail02.lab.test/cert.pem").stdout.strip()
     forged = {"host": "mail02.lab.test", "threshold_days": 21, "lineages": [
         {"name": "mail02.lab.test", "problems": ["expiring"], "report": "new", "disk": {"serial": "AA"}}]}
-    lab.salt(H1, "event.fire_master", json.dumps(forged), TAG, timeout=60)
-    wait(lambda: _master_log_has("mailfleet_certs: refused certificate event from 'mail01.lab.test': event names "
-                                 "host 'mail02.lab.test' but was sent by 'mail01.lab.test'", since), 60, "the refusal")
+    lab.salt(H1, "mailfleet_signed.fire", json.dumps(forged), TAG, timeout=60)  # with mail01's own key
+    wait(lambda: _master_log_has("mailfleet_certs: refused certificate event from 'mail01.lab.test': no valid key ",
+                                 since), 60, "the refusal")
     time.sleep(5)
     code, rows, out = salt_run("mailfleet_certs.history", "hours=1", timeout=120)
     assert [r for r in rows if r["id"] > start] == []

@@ -15,8 +15,10 @@ import mailfleet_bans as ext
 import mailfleet_defense as d
 import mailfleet_queue as mq
 import mailfleet_sasl_hold as sh
+from signing import signed
 
 H1 = "mail01.lab.test"
+TAG = "mailfleet/abuse/report"
 ALICE = "alice@example-a.test"
 
 
@@ -183,13 +185,14 @@ def test_report_hands_outbound_and_queue_to_the_accounts_runner_before_bans(tmp_
     monkeypatch.setattr(d, "_fire", lambda tag, data: None)
     payload = outbound_report(ALICE, queue={"state": "over"})
     payload["offenders"] = [{"ip": "198.19.0.5", "rules": {"relay": 3}}]
-    ret = d.report(H1, payload)
+    ret = d.report(H1, signed(d.__opts__, TAG, payload))
     assert calls == [("outbound", H1), ("queue", H1), ("ips",)]
     assert ret["accounts"] == {"outbound": {"held": [ALICE]}, "queue": {"state": "over"}}
     assert ret["banned"] == ["198.19.0.5"]
-    # a forged host is refused before the accounts runner sees anything
+    # mail02 reporting for mail01 is refused before the accounts runner sees anything
     calls.clear()
-    assert "refused" in d.report("mail02.lab.test", payload)
+    assert "no valid key" in d.report("mail02.lab.test", signed(d.__opts__, TAG, payload, "mail02.lab.test"))["refused"]
+    assert "unsigned" in d.report(H1, payload)["refused"]
     assert calls == []
 
 
@@ -204,7 +207,7 @@ def test_report_ban_path_survives_a_failing_accounts_runner(tmp_path, monkeypatc
     monkeypatch.setattr(d, "_send", lambda pol, items, fun="mailfleet_ban.add": "jid")
     payload = outbound_report(ALICE)
     payload["offenders"] = [{"ip": "198.19.0.6", "rules": {"relay": 3}}]
-    assert d.report(H1, payload)["banned"] == ["198.19.0.6"]
+    assert d.report(H1, signed(d.__opts__, TAG, payload))["banned"] == ["198.19.0.6"]
 
 
 # --- host side: the map and what is held / released ------------------------------------------

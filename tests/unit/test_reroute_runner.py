@@ -10,6 +10,9 @@ import jinja2
 import pytest
 
 import mailfleet_reroute as ob
+from signing import signed
+
+TAG = "mailfleet/dnsbl/transition"
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reactor_render import HOSTILE, render  # noqa: E402
@@ -248,12 +251,16 @@ def test_dnsbl_refuses_a_forged_event_and_an_unknown_host(tmp_path, monkeypatch)
     fired = []
     monkeypatch.setattr(ob, "_fire", lambda tag, data: fired.append((tag, data)))
     monkeypatch.setattr(ob, "_alert", lambda *a, **k: None)
+    opts = ob.__opts__
     forged = ev({"ip": "198.18.0.12", "state": "listed"}, host=H2)
-    assert "was sent by 'mail01.lab.test'" in ob.dnsbl(minion=H1, payload=forged)["refused"]
-    assert "not a known mail host" in ob.dnsbl(minion="intruder", payload=dict(forged, host="intruder"))["refused"]
-    assert [t for t, _ in fired] == ["mailfleet/outbound/refused"] * 2
+    # mail01 reporting a listing of mail02 (its own key, mail02's name)
+    assert "no valid key" in ob.dnsbl(minion=H2, payload=signed(opts, TAG, forged, signer=H1))["refused"]
+    assert "unsigned" in ob.dnsbl(minion=H2, payload=forged)["refused"]
+    intruder = dict(forged, host="intruder")
+    assert "not a known mail host" in ob.dnsbl(minion="intruder", payload=signed(opts, TAG, intruder))["refused"]
+    assert [t for t, _ in fired] == ["mailfleet/outbound/refused"] * 3
     # mail01 naming mail02's address: that transition is refused, nothing recorded or applied
-    ret = ob.dnsbl(minion=H1, payload=ev({"ip": "198.18.0.12", "state": "listed"}))
+    ret = ob.dnsbl(minion=H1, payload=signed(opts, TAG, ev({"ip": "198.18.0.12", "state": "listed"})))
     assert ret["changed"] == [] and ret["steps"] == [] and "not an address of" in ret["refused"][0][1]
 
 
