@@ -127,13 +127,14 @@ def _queue_mod():
 
 
 def _fresh_holds():
-    """Pillar ``mailfleet_sasl_holds`` compiled by the master now: the minion's in-memory
+    """(holds, seq): pillar ``mailfleet_sasl_holds`` compiled by the master now: the minion's in-memory
     pillar may predate a release, and a schedule run must not hold a released user again."""
     import salt.pillar
     pil = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"],  # noqa: F821
                                  saltenv=__opts__.get("saltenv"), pillarenv=__opts__.get("pillarenv"))  # noqa: F821
     try:
-        return pil.compile_pillar().get("mailfleet_sasl_holds")
+        data = pil.compile_pillar()
+        return data.get("mailfleet_sasl_holds"), data.get("mailfleet_sasl_holds_seq")
     finally:
         destroy = getattr(pil, "destroy", None)
         if destroy:
@@ -283,15 +284,42 @@ def plan(holds, current_map, msgs, release=(), logins=None, now=None, requeue_af
     }
 
 
-def sync(holds=None, release=None, test=False):
+def _seq_path(path):
+    return path + ".seq"
+
+
+# Out-of-order pushes arrive seconds apart: a newer map applied longer ago than this no
+# longer makes an older one ignored (a ledger started afresh numbers from 1 again, and the
+# level-triggered reconcile must converge the host to it).
+SEQ_MEMORY = 600
+
+
+def _stored_seq(path, now=None):
+    try:
+        if (now or time.time()) - os.stat(_seq_path(path)).st_mtime > SEQ_MEMORY:
+            return None
+        with open(_seq_path(path), encoding="ascii") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def sync(holds=None, release=None, test=False, seq=None):
     """Make the host follow ``holds`` ({user: mode}; default pillar ``mailfleet_sasl_holds``).
 
     ``release``: users whose held messages are released even if the map no longer names them
-    (the runner passes the user it releases). Returns what changed."""
+    (the runner passes the user it releases). ``seq``: the ledger's sequence number of this
+    map; a map older than the one applied last is ignored (pushes arrive in any order).
+    Returns what changed."""
     if holds is None:
-        holds = _fresh_holds()
+        holds, seq = _fresh_holds()
         if holds is None:
             return {"result": True, "comment": "pillar mailfleet_sasl_holds absent: nothing to do", "changes": {}}
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
+        raise ValueError(f"seq must be a non-negative integer, not {seq!r}")
+    stored = _stored_seq(map_path()) if seq is not None else None
+    if seq is not None and stored is not None and seq < stored:
+        return {"result": True, "changes": {}, "comment": f"hold map {seq} is older than the one in force ({stored}): ignored"}
     holds = check_holds(holds)
     release = [valid_user(u) for u in (release or [])]
     path = map_path()
@@ -340,6 +368,10 @@ def sync(holds=None, release=None, test=False):
         _run([_bin("postsuper"), "-r", "-"], "\n".join(todo["requeue_ids"]) + "\n")
     if todo["released"] and (release or "map" in changes):
         changes["forgotten"] = _forget(todo["released"])
+    if seq is not None and seq != stored:
+        with open(_seq_path(path) + ".tmp", "w", encoding="ascii") as fh:
+            fh.write(f"{seq}\n")
+        os.replace(_seq_path(path) + ".tmp", _seq_path(path))
     if changes:
         log.info("mailfleet_sasl_hold: %s", changes)
     return {"result": True, "changes": changes, "truncated": truncated,

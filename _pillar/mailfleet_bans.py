@@ -45,7 +45,7 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
     db = mailfleet_ledger.connect_ro(mailfleet_ledger.path(__opts__))  # noqa: F821
     if db is None:
         return {"mailfleet_bans": out, "mailfleet_outbound": {"mode": "normal", "admit": []},
-                "mailfleet_sasl_holds": {}, "mailfleet_report_key": key}
+                "mailfleet_sasl_holds": {}, "mailfleet_sasl_holds_seq": 0, "mailfleet_report_key": key}
     memory = ((__opts__.get("mailfleet_defense") or {}).get("revoked_memory") or 7 * 86400)  # noqa: F821
     try:
         # (the file may exist without the bans table: the DNSBL runner's tables came first)
@@ -56,11 +56,14 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
             revoked = {r[0] for r in db.execute("SELECT address FROM bans WHERE revoked>=?", (now - memory,))}
             out["revoked"] = sorted(revoked - set(out["active"]))
         outbound = _outbound(minion_id, db, now)
+        # the sequence before the holds: a change between the two reads then leaves the host
+        # a lower number than its map, so the push of that change still applies
+        seq = _sasl_holds_seq(db)
         holds = _sasl_holds(db)
     finally:
         db.close()
     return {"mailfleet_bans": out, "mailfleet_outbound": outbound, "mailfleet_sasl_holds": holds,
-            "mailfleet_report_key": key}
+            "mailfleet_sasl_holds_seq": seq, "mailfleet_report_key": key}
 
 
 def _report_key(minion_id):
@@ -86,6 +89,18 @@ def _sasl_holds(db):
     except Exception:  # pylint: disable=broad-except
         log.exception("mailfleet_bans: SASL holds")
         return None  # absent: the hosts keep their last map rather than release everyone
+
+
+def _sasl_holds_seq(db):
+    """The hold map's sequence number (0: none yet; read in the same snapshot as the holds)."""
+    try:
+        if not mailfleet_ledger.has_table(db, "sasl_holds_seq"):
+            return 0
+        row = db.execute("SELECT seq FROM sasl_holds_seq WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+    except Exception:  # pylint: disable=broad-except
+        log.exception("mailfleet_bans: SASL holds sequence")
+        return None
 
 
 # --- outbound mode (DNSBL) ----------------------------------------------------------------

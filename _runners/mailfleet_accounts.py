@@ -163,7 +163,19 @@ class Holds(mailfleet_ledger.Tables):
         created REAL NOT NULL, updated REAL NOT NULL,
         released REAL, released_by TEXT);
     CREATE INDEX IF NOT EXISTS sasl_holds_user ON sasl_holds(user, released);
+    CREATE TABLE IF NOT EXISTS sasl_holds_seq (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
     """
+
+    def bump(self):
+        """The next sequence number of the hold map (in the caller's write transaction):
+        pushes can arrive out of order, a host applies none older than what it has."""
+        self.db.execute("INSERT INTO sasl_holds_seq(id, seq) VALUES (1, 1)"
+                        " ON CONFLICT(id) DO UPDATE SET seq = seq + 1")
+        return self.seq()
+
+    def seq(self):
+        row = self.db.execute("SELECT seq FROM sasl_holds_seq WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
 
     def current(self):
         return {r["user"]: r["mode"] for r in self.db.execute(
@@ -214,12 +226,14 @@ def _alert(kind, subject, message, details=None, severity="warning"):
     return mailfleet_events.alert(__salt__, "mailfleet_accounts", kind, subject, message, details, severity)  # noqa: F821
 
 
-def _push(holds, release=None, timeout=60):
+def _push(holds, release=None, timeout=60, seq=None):
     """mailfleet_sasl_hold.sync on every fleet host, waited for: {host: result}."""
     import salt.client
     tgt, tgt_type = _target()
     client = salt.client.get_local_client(mopts=__opts__)  # noqa: F821
     kwarg = {"holds": holds}
+    if seq is not None:
+        kwarg["seq"] = seq
     if release:
         kwarg["release"] = release
     try:
@@ -281,10 +295,11 @@ def outbound(minion, payload):
                 with led:
                     actions, capped = cap_new_holds(decide(users, led.current()), led.started_by(minion), _cap())
                     led.apply(actions, minion, now)
+                    seq = led.bump() if actions else None
                     holds = led.current()
             finally:
                 led.close()
-            pushed = _summary(_push(holds)) if actions else {}
+            pushed = _summary(_push(holds, seq=seq)) if actions else {}
     refused += capped
     if foreign or capped:
         _alert("report_refused", minion, f"{minion} reported {len(foreign) + len(capped)} SASL users the master "
@@ -334,10 +349,11 @@ def release(user, who="runner"):
         try:
             with led:
                 n = led.release(user, now, who)
+                seq = led.bump()
                 holds = led.current()
         finally:
             led.close()
-        pushed = _summary(_push(holds, release=[user], timeout=120))
+        pushed = _summary(_push(holds, release=[user], timeout=120, seq=seq))
     if n:
         _alert("account_released", user, f"outbound mail of SASL user {user} released by {who}; held messages "
                "delivered", details={"hosts": pushed}, severity="info")
@@ -348,10 +364,10 @@ def reconcile():
     """Push the ledger's holds to every host now (the hosts' schedule does it anyway)."""
     led = Holds(_ledger_path())
     try:
-        holds = led.current()
+        holds, seq = led.current(), led.seq()
     finally:
         led.close()
-    return {"holds": holds, "hosts": _summary(_push(holds))}
+    return {"holds": holds, "seq": seq, "hosts": _summary(_push(holds, seq=seq))}
 
 
 def holds(all=False):  # pylint: disable=redefined-builtin

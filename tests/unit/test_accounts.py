@@ -5,6 +5,7 @@ the host side's pure parts (mailfleet_sasl_hold: map text, what is held and rele
 the queue module (mailfleet_queue: postqueue -j parsing, bounds, thresholds, transitions),
 with a real subprocess standing in for postqueue only where the bound is what is tested."""
 import json
+import os
 import sqlite3
 import sys
 
@@ -74,16 +75,53 @@ def test_queue_part_is_validated():
 def runner(tmp_path, monkeypatch):
     ledger = tmp_path / "ledger.sqlite"
     monkeypatch.setattr(acc, "__opts__", {"mailfleet_ledger": str(ledger), "cachedir": str(tmp_path)}, raising=False)
-    pushed, alerted = [], []
-    monkeypatch.setattr(acc, "_push", lambda holds, release=None, timeout=60: (
-        pushed.append((dict(holds), release)) or {H1: {"result": True, "changes": {}},
+    pushed, alerted, seqs = [], [], []
+    monkeypatch.setattr(acc, "_push", lambda holds, release=None, timeout=60, seq=None: (
+        pushed.append((dict(holds), release)) or seqs.append(seq) or {H1: {"result": True, "changes": {}},
                                                   "mail02.lab.test": {"result": True, "changes": {}}}))
     monkeypatch.setattr(acc, "_alert", lambda kind, subject, message, details=None, severity="warning":
                         alerted.append((kind, subject, severity, details)))
     # what the master's domain data says each host serves (the minion data cache's pillar)
     served = {H1: {"example-a.test", "example-b.test"}, "mail02.lab.test": {"example-b.test"}}
     monkeypatch.setattr(acc, "_served_domains", lambda minion: served.get(minion), raising=False)
-    return {"ledger": ledger, "pushed": pushed, "alerted": alerted, "served": served}
+    return {"ledger": ledger, "pushed": pushed, "alerted": alerted, "served": served, "seqs": seqs}
+
+
+def test_every_hold_map_pushed_carries_a_higher_sequence_number_than_the_last(runner, monkeypatch):
+    monkeypatch.setattr(ext, "__opts__", {"mailfleet_ledger": str(runner["ledger"])}, raising=False)
+    acc.outbound(H1, outbound_report(ALICE))
+    acc.outbound(H1, outbound_report("bob@example-b.test"))
+    acc.outbound(H1, outbound_report(ALICE))  # escalated to refuse
+    acc.release(ALICE)
+    assert runner["seqs"] == [1, 2, 3, 4]
+    assert ext.ext_pillar(H1, {})["mailfleet_sasl_holds_seq"] == 4
+
+
+@pytest.fixture
+def host_map(tmp_path, monkeypatch):
+    path = tmp_path / "mailfleet_sasl_hold"
+    monkeypatch.setattr(sh, "map_path", lambda postfix_dir=None: str(path))
+    monkeypatch.setattr(sh, "_postfix_dir", lambda: str(tmp_path))
+    return path
+
+
+def test_an_older_hold_map_arriving_last_is_ignored(host_map):
+    """Two pushes in flight: the map that holds alice (5) lands, then the older one (4) that
+    did not hold her yet. The host keeps holding her."""
+    (host_map.parent / "mailfleet_sasl_hold.seq").write_text("5\n")
+    ret = sh.sync(holds={}, seq=4, test=True)
+    assert ret["changes"] == {} and "older" in ret["comment"]
+    assert sh.sync(holds={}, seq=5, test=True)["comment"] == "would change"
+
+
+def test_a_stale_sequence_number_does_not_block_a_ledger_started_afresh(host_map):
+    seq = host_map.parent / "mailfleet_sasl_hold.seq"
+    seq.write_text("900\n")
+    old = seq.stat().st_mtime - sh.SEQ_MEMORY - 5
+    os.utime(seq, (old, old))
+    assert sh.sync(holds={}, seq=1, test=True)["comment"] == "would change"
+    with pytest.raises(ValueError, match="seq"):
+        sh.sync(holds={}, seq="3", test=True)
 
 
 def test_a_host_cannot_hold_a_user_of_a_domain_it_does_not_serve(runner):
