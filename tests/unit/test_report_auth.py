@@ -118,3 +118,12 @@ def test_a_huge_or_malformed_signature_is_refused_before_any_key_lookup(store):
         with pytest.raises(rep.Refused):
             rep.verify(TAG, bad, keys_of)
     assert looked == []
+
+
+def test_the_id_salts_script_engine_adds_after_signing_is_dropped_unproven(store):
+    signed = rep.sign(store.ensure(H1), TAG, listing(H1))
+    as_received = dict(signed, id="mail02.lab.test")  # whatever it says, it is not signed
+    host, body = rep.verify(TAG, as_received, store.keys)
+    assert host == H1 and "id" not in body
+    with pytest.raises(rep.Refused, match="bad signature"):
+        rep.verify(TAG, dict(as_received, ips=["198.18.0.12"]), store.keys)
