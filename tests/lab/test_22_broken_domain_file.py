@@ -46,7 +46,7 @@ def test_a_typo_in_a_domain_file_keeps_the_domain_in_service_and_the_fix_applies
     FILE.write_text(broken)
     ret = lab.salt(H1, "state.apply", timeout=900)
     assert not state_failures(ret), state_failures(ret)
-    hosts = lab.salt(H1, "pillar.get", "mailfleet:domains:example-a.test:hosts")[H1]
+    hosts = lab.salt(H1, "pillar.get", "mailfleet:domains:example-a.test:hosts", "unmask=True")[H1]
     assert hosts == [H1], "example-a.test left mail01's pillar"
     got = wait(lambda: [a for a in webhook if a["kind"] == "pillar_refused"
                         and a["details"]["file"] == str(FILE)], 60, "the pillar_refused alert")
