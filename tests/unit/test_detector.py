@@ -65,7 +65,7 @@ def test_a_lowered_threshold_bans_at_the_next_attempt_counting_the_earlier_ones_
     watch.write_json(str(wdir / watch.SETTINGS), _settings(log, 10))
     fired = []
     det = watch.Detector(str(wdir), str(_extmods(tmp_path)), lambda data, tag: fired.append((tag, data)))
-    th = threading.Thread(target=det.run, kwargs={"max_seconds": 8}, daemon=True)
+    th = threading.Thread(target=det.run, kwargs={"max_seconds": 20}, daemon=True)
     th.start()
     assert _wait(lambda: det.conf is not None), "the detector did not load its settings"
     first_status = json.loads((wdir / watch.STATUS).read_text())
@@ -83,7 +83,7 @@ def test_a_lowered_threshold_bans_at_the_next_attempt_counting_the_earlier_ones_
     status = json.loads((wdir / watch.STATUS).read_text())
     assert status["pid"] == first_status["pid"] == os.getpid()      # same process: no restart
     assert status["settings"] != first_status["settings"]
-    th.join(10)
+    # (the thread, a daemon, ends by itself within max_seconds: a loaded CI machine needs the slack)
 
 
 def test_broken_settings_keep_the_ones_in_force(tmp_path):
@@ -202,7 +202,6 @@ def test_a_released_user_starts_from_zero_so_her_next_message_does_not_hold_her_
         fh.write("".join(SUBMIT.format(n=i) for i in range(6, 8)))
     assert _wait(lambda: len(outbound_reports()) == 2), "3 messages after the release were not reported"
     assert outbound_reports()[-1]["messages"] == 3
-    th.join(20)
 
 
 def test_without_a_detector_the_release_says_so(tmp_path):
