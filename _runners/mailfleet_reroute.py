@@ -369,12 +369,16 @@ def _fire(tag, data):
 
 def _converge(store, fleet, conf, reason, now):
     """Plan from the ledger and act step by step; returns the steps with their results."""
-    fleet_info = {h: {"peer_ok": (((p.get("mailfleet") or {}).get("dnsbl") or {}).get("peer", True) is not False)
+    # an isolated host (mailfleet_trust.isolate) is no one's peer and relays through no one
+    keys = mailfleet_report.KeyStore(mailfleet_report.key_dir(__opts__, _ledger_path()))  # noqa: F821
+    isolated = {h for h in fleet if keys.revoked(h)}
+    fleet_info = {h: {"peer_ok": h not in isolated
+                      and (((p.get("mailfleet") or {}).get("dnsbl") or {}).get("peer", True) is not False)
                       and peer_address(g, p) is not None}
                   for h, (g, p) in fleet.items()}
     current = store.current()
     admits = {r["host"]: r["admit_peer"] for r in store.rows() if r["admit_peer"]}
-    desired = plan(fleet_info, store.listed_hosts(), current)
+    desired = plan(fleet_info, set(store.listed_hosts()) - isolated, current)
     done = []
     failed_peers = set()
     for action, host, peer in steps(desired, current, admits):

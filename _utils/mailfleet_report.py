@@ -164,6 +164,13 @@ class KeyStore:
     def restore(self, host, now=None):
         self._write(host, {"current": self._new(now or time.time()), "previous": None, "rotated": None})
 
+    def revoked(self, host):
+        try:
+            doc = self.load(host)
+        except ValueError:
+            return False
+        return bool(doc and doc.get("revoked"))
+
     def keys(self, host, now=None):
         """{kid: key hex} valid now."""
         try:
