@@ -226,3 +226,33 @@ def test_minion_entries_from_cached_grains_and_pillar():
     nets = d.allow_networks(entries["networks"], entries["addresses"])
     assert all(d.allowed(a, nets) for a in ("198.18.0.11", "192.0.2.77", "198.18.0.100", "::ffff:198.18.0.11"))
     assert d.minion_entries(None, None) == {"addresses": [], "networks": []}
+
+
+# --- bounds (issue 13, finding 7) --------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="issue 13: the ban queue has no bound")
+def test_a_flood_of_bans_from_one_host_is_bounded_and_the_excess_refused(ledger):
+    pol = d.policy({"rate": 10, "period": 60, "max_queued_per_reporter": 50, "max_queued": 80})
+    now = 1_000_000.0
+    flood = [(f"198.19.{i // 250}.{i % 250 + 1}", {"relay": 3}) for i in range(200)]
+    bans, skipped = d.decide(flood, HOST, now, pol, [], ledger)
+    ledger.insert(bans)
+    assert len(bans) == 10 + 50  # the rate's worth now, then at most 50 waiting
+    assert [why for _a, why in skipped].count("ban queue full for this reporter") == 140
+    # another host's bans still find room, up to the total
+    other = [(f"198.18.{i // 250 + 10}.{i % 250 + 1}", {"relay": 3}) for i in range(100)]
+    bans2, skipped2 = d.decide(other, "mail02.lab.test", now, pol, [], ledger)
+    ledger.insert(bans2)
+    assert len(bans2) == 10 + 20 and [w for _a, w in skipped2].count("ban queue full") == 70
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: expired rows are never pruned")
+def test_expired_ban_rows_are_pruned_after_the_memory(ledger):
+    now = 1_000_000.0
+    pol = d.policy({})
+    bans, _ = d.decide([("198.19.0.5", {"relay": 3})], HOST, now, pol, [], ledger)
+    ledger.insert(bans)
+    memory = pol["ban_timeout"]["memory"]
+    assert ledger.prune(now + 600 + memory - 1) == 0
+    assert ledger.prune(now + 600 + memory + 1) == 1
+    assert ledger.rows(now, include_all=True) == []
