@@ -37,6 +37,7 @@ import ipaddress
 import json
 import logging
 import threading
+import secrets
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
@@ -59,6 +60,10 @@ DEFAULTS = {
     "target": "*",
     "tgt_type": "glob",
     "revoked_memory": 7 * 86400,  # unbans handed to hosts for reconciliation
+    # bans waiting their turn (the rate cap): per reporting host and in all; the excess is
+    # refused (and alerted), so one compromised host cannot grow the ledger without bound
+    "max_queued_per_reporter": 10_000,
+    "max_queued": 50_000,
 }
 
 ALERT_TAG = "mailfleet/alert/ban_rate"
@@ -87,7 +92,7 @@ def policy(overrides=None):
             pol[key].update(value or {})
         else:
             pol[key] = value
-    for key in ("rate", "period", "max_offenders"):
+    for key in ("rate", "period", "max_offenders", "max_queued_per_reporter", "max_queued"):
         if not isinstance(pol[key], int) or isinstance(pol[key], bool) or pol[key] <= 0:
             raise ValueError(f"mailfleet_defense:{key} must be a positive integer")
     return pol
@@ -203,7 +208,19 @@ def decide(offenders, sender, now, pol, nets, ledger):
         fresh.append((addr, reason))
     slots = schedule(ledger.recent_not_before(sender, now - pol["period"]), len(fresh), now,
                      pol["rate"], pol["period"])
-    for (addr, reason), nb in zip(fresh, slots):
+    mine, total = ledger.queued_by(sender, now), ledger.queued(now)
+    kept = []
+    for item, nb in zip(fresh, slots):
+        if nb > now:  # waits its turn: counts against the queue bounds
+            if mine >= pol["max_queued_per_reporter"]:
+                skipped.append((item[0], "ban queue full for this reporter"))
+                continue
+            if total >= pol["max_queued"]:
+                skipped.append((item[0], "ban queue full"))
+                continue
+            mine, total = mine + 1, total + 1
+        kept.append((item, nb))
+    for (addr, reason), nb in kept:
         prior = ledger.prior_bans(addr, now - pol["ban_timeout"]["memory"])
         timeout = escalate(prior, pol)
         bans.append({"address": addr, "reporter": sender, "reason": reason, "created": now,
@@ -260,6 +277,16 @@ class Ledger(mailfleet_ledger.Tables):
 
     def mark_applied(self, ids, now):
         self.db.executemany("UPDATE bans SET applied=? WHERE id=?", [(now, i) for i in ids])
+
+    def queued_by(self, reporter, now):
+        return self.db.execute("SELECT count(*) FROM bans WHERE reporter=? AND applied IS NULL AND revoked IS NULL"
+                               " AND not_before>?", (reporter, now)).fetchone()[0]
+
+    def prune(self, now, memory=DEFAULTS["ban_timeout"]["memory"]):
+        """Delete rows expired (or revoked) longer than ``memory`` ago: past the escalation
+        memory they decide nothing. Returns how many."""
+        return self.db.execute("DELETE FROM bans WHERE max(expires, coalesce(revoked, 0)) < ?",
+                               (now - memory,)).rowcount
 
     def queued(self, now):
         return self.db.execute("SELECT count(*) FROM bans WHERE applied IS NULL AND revoked IS NULL"
@@ -441,6 +468,15 @@ def report(minion=None, payload=None, tag=None):
         led.close()
     if queued:  # after the bans went out: an alert (webhook, mail) must not delay them
         _alert_rate(minion, queued, pol)
+    full = [a for a, why in skipped if why.startswith("ban queue full")]
+    if full:
+        try:
+            __salt__["mailfleet_alert.send"](  # noqa: F821
+                "ban_queue_full", minion, f"{len(full)} bans reported by {minion} refused: the ban queue is full "
+                f"({pol['max_queued_per_reporter']} per host, {pol['max_queued']} in all)",
+                details={"host": minion, "refused": len(full), "first": full[:20]}, severity="critical")
+        except Exception:  # pylint: disable=broad-except
+            log.exception("mailfleet_defense: ban_queue_full alert failed")
     for addr, why in refused + [s for s in skipped if s[1] == "allow-listed"]:
         log.warning("mailfleet_defense: %s not banned (report from %s): %s", addr, minion, why)
     ret = {"banned": [b["address"] for b in bans if b["not_before"] <= now],
@@ -475,6 +511,11 @@ def drain():
         with led:
             sent, jid = _apply_due(led, pol, now)
             queued = led.queued(now)
+            if secrets.randbelow(300) == 0:  # about every 5 minutes at the schedule's 1 s
+                memory = max(pol["ban_timeout"]["memory"], pol["revoked_memory"])
+                pruned = led.prune(now, memory)
+                if pruned:
+                    log.info("mailfleet_defense: %d expired ban rows pruned", pruned)
     finally:
         led.close()
     return {"sent": sent, "jid": jid, "queued": queued}
