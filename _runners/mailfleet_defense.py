@@ -425,12 +425,23 @@ def _send_locked(pol, items, fun):
 
 
 def _apply_due(led, pol, now):
+    """Publish the bans whose turn has come, outside any write transaction (other ledger
+    writers do not wait for the publish); only what was published is marked applied (the
+    rest goes with the next drain)."""
     due = led.due(now)
     if not due:
         return 0, None
     items = {addr: max(1, left) for _id, addr, left in due}
-    jid = _send(pol, items)
-    led.mark_applied([i for i, _a, _l in due], now)
+    try:
+        jid = _send(pol, items)
+    except Exception:  # pylint: disable=broad-except
+        log.exception("mailfleet_defense: publishing %d bans failed; the next drain retries", len(due))
+        return 0, None
+    if not jid:
+        log.error("mailfleet_defense: %d bans not published (no job id); the next drain retries", len(due))
+        return 0, None
+    with led:
+        led.mark_applied([i for i, _a, _l in due], now)
     return len(due), jid
 
 
@@ -462,8 +473,8 @@ def report(minion=None, payload=None, tag=None):
         with led:
             bans, skipped = decide(offenders, minion, now, pol, nets, led)
             led.insert(bans)
-            applied, jid = _apply_due(led, pol, now)
-            queued = led.queued(now)
+        applied, jid = _apply_due(led, pol, now)
+        queued = led.queued(now)
     finally:
         led.close()
     if queued:  # after the bans went out: an alert (webhook, mail) must not delay them
@@ -508,14 +519,14 @@ def drain():
     now = time.time()
     led = Ledger(ledger_path(__opts__))  # noqa: F821
     try:
-        with led:
-            sent, jid = _apply_due(led, pol, now)
-            queued = led.queued(now)
-            if secrets.randbelow(300) == 0:  # about every 5 minutes at the schedule's 1 s
-                memory = max(pol["ban_timeout"]["memory"], pol["revoked_memory"])
+        sent, jid = _apply_due(led, pol, now)
+        queued = led.queued(now)
+        if secrets.randbelow(300) == 0:  # about every 5 minutes at the schedule's 1 s
+            memory = max(pol["ban_timeout"]["memory"], pol["revoked_memory"])
+            with led:
                 pruned = led.prune(now, memory)
-                if pruned:
-                    log.info("mailfleet_defense: %d expired ban rows pruned", pruned)
+            if pruned:
+                log.info("mailfleet_defense: %d expired ban rows pruned", pruned)
     finally:
         led.close()
     return {"sent": sent, "jid": jid, "queued": queued}
