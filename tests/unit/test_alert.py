@@ -200,3 +200,17 @@ def test_hostile_kind_and_long_subject_are_clipped(tmp_path, monkeypatch):
     r = al.send("dns/../bl\n*", "x" * 5000, "m")
     assert r["kind"] == "dnsbl" and len(r["subject"]) == al.MAX_FIELD
     assert events == ["mailfleet/alert/dnsbl"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: one budget per kind for every reporter")
+def test_one_reporter_flooding_a_kind_cannot_silence_alerts_about_another_host(tmp_path):
+    t = al.Throttle(tmp_path / "ledger.sqlite", period=60, burst=1, kind_burst=10)
+    for i in range(30):  # mail02 makes up subjects to exhaust the kind's budget
+        t.decide("report_refused", f"mail02.lab.test #{i}", "x", 1000.0 + i / 100, reporter="mail02.lab.test")
+    sent = [r for r in t.recent(0) if r["sent"]]
+    assert len(sent) == 10
+    go, _held, _row = t.decide("report_refused", "mail01.lab.test", "x", 1001.0, reporter="mail01.lab.test")
+    assert go, "an alert about mail01 was silenced by mail02's flood"
+    go, _held, _row = t.decide("report_refused", "mail02.lab.test #99", "x", 1001.0, reporter="mail02.lab.test")
+    assert not go
+    t.close()
