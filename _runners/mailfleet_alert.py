@@ -15,8 +15,9 @@ Channels, each optional and independent (one failing does not stop the others):
 
 Throttle (:class:`Throttle`, sqlite table ``alerts`` in the master's ledger file, so it
 holds across the reactor's threads, runner CLIs and master restarts): at most ``burst`` (1)
-alert per kind+subject per ``period`` (60 s), and at most ``kind_burst`` (10) per kind per
-period whatever the subjects (a storm of distinct subjects stays a handful of alerts). What
+alert per kind+subject per ``period`` (60 s), and at most ``kind_burst`` (10) per kind and
+host (``details.host``) per period whatever the subjects (a storm of distinct subjects stays
+a handful of alerts, and one host's storm cannot silence alerts about another). What
 is held back is counted and reported in the next alert of that kind+subject
 (``suppressed``), never silently lost; ``recent`` lists it.
 
@@ -105,20 +106,26 @@ class Throttle(mailfleet_ledger.Tables):
     def __init__(self, path, period=60, burst=1, kind_burst=10):
         super().__init__(path)
         self.period, self.burst, self.kind_burst = period, int(burst), int(kind_burst)
+        # ledgers written before the per-reporter budget: add its column once
+        if "reporter" not in {r[1] for r in self.db.execute("PRAGMA table_info(alerts)")}:
+            self.db.execute("ALTER TABLE alerts ADD COLUMN reporter TEXT NOT NULL DEFAULT ''")
 
-    def decide(self, kind, subject, message, now):
+    def decide(self, kind, subject, message, now, reporter=""):
         """(send, suppressed_before, row id): record this alert and say whether it goes out.
 
         ``suppressed_before``: alerts of this kind+subject held back since the last one sent
-        (reported with this one when it is sent)."""
+        (reported with this one when it is sent). The per-kind budget is per ``reporter``
+        (the host an alert is about or came from; "" for the master's own), so one host
+        flooding a kind cannot silence alerts about the others."""
         db = self.db
+        reporter = str(reporter or "")[:255]
         db.execute("BEGIN IMMEDIATE")
         try:
             since = now - self.period
             same = db.execute("SELECT count(*) FROM alerts WHERE kind=? AND subject=? AND sent=1"
                               " AND created>?", (kind, subject, since)).fetchone()[0]
-            per_kind = db.execute("SELECT count(*) FROM alerts WHERE kind=? AND sent=1 AND created>?",
-                                  (kind, since)).fetchone()[0]
+            per_kind = db.execute("SELECT count(*) FROM alerts WHERE kind=? AND reporter=? AND sent=1 AND created>?",
+                                  (kind, reporter, since)).fetchone()[0]
             send = same < self.burst and per_kind < self.kind_burst
             held = 0
             if send:
@@ -126,8 +133,8 @@ class Throttle(mailfleet_ledger.Tables):
                                   (kind, subject)).fetchone()[0] or 0
                 held = db.execute("SELECT count(*) FROM alerts WHERE kind=? AND subject=? AND sent=0"
                                   " AND created>?", (kind, subject, last)).fetchone()[0]
-            cur = db.execute("INSERT INTO alerts(kind, subject, created, sent, suppressed, message)"
-                             " VALUES (?,?,?,?,?,?)", (kind, subject, now, int(send), held, message))
+            cur = db.execute("INSERT INTO alerts(kind, subject, created, sent, suppressed, message, reporter)"
+                             " VALUES (?,?,?,?,?,?,?)", (kind, subject, now, int(send), held, message, reporter))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -232,7 +239,9 @@ def send(kind, subject, message, details=None, severity="warning"):
         conf = settings()
     th = Throttle(_ledger(), conf["period"], conf["burst"], conf["kind_burst"])
     try:
-        go, held, row = th.decide(kind, subject, clip(message, 2000), now)
+        reporter = (details or {}).get("host") if isinstance(details, dict) else None
+        go, held, row = th.decide(kind, subject, clip(message, 2000), now,
+                                  reporter=reporter if isinstance(reporter, str) else "")
         if not go:
             log.info("mailfleet_alert: %s/%s held back (rate limit)", kind, subject)
             return {"suppressed": True, "kind": kind, "subject": subject}

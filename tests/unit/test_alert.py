@@ -202,7 +202,6 @@ def test_hostile_kind_and_long_subject_are_clipped(tmp_path, monkeypatch):
     assert events == ["mailfleet/alert/dnsbl"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: one budget per kind for every reporter")
 def test_one_reporter_flooding_a_kind_cannot_silence_alerts_about_another_host(tmp_path):
     t = al.Throttle(tmp_path / "ledger.sqlite", period=60, burst=1, kind_burst=10)
     for i in range(30):  # mail02 makes up subjects to exhaust the kind's budget
