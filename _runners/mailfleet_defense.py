@@ -43,6 +43,7 @@ import time
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_address
 import mailfleet_events
+import mailfleet_inventory
 import mailfleet_ledger
 import mailfleet_report
 
@@ -376,23 +377,41 @@ def minion_entries(grains, pillar):
             + items((mf.get("defense") or {}).get("allow"))}
 
 
+def fleet_entries(fleet):
+    """Never-ban entries of the fleet ({minion: (grains, pillar)}): the networks of every
+    host's pillar, and the fleet's own addresses from the master-owned inventory (pillar
+    mailfleet:inventory); only without an inventory from the hosts' grains (one address at
+    a time), with a warning."""
+    found = {"addresses": [], "networks": []}
+    for _mid, (g, p) in sorted(fleet.items()):
+        one = minion_entries(g, p)
+        found["networks"] += one["networks"]
+        found["addresses"] += one["addresses"]
+    inv, problems = mailfleet_inventory.parse(mailfleet_inventory.from_pillars({m: p for m, (_g, p) in fleet.items()}))
+    for problem in problems:
+        log.error("mailfleet_defense: %s", problem)
+    if inv:
+        found["addresses"] = [a for entry in inv.values() for a in entry["addresses"]]
+    elif fleet:
+        log.warning("mailfleet_defense: no pillar mailfleet:inventory: the fleet's own addresses come from "
+                    "the hosts' grains (what they say of themselves)")
+    return found
+
+
 def _minion_addresses():
     """From the master's minion data cache: 3008 keeps banks ``grains`` and ``pillar`` keyed
     by minion id; older releases one ``minions/<id>`` bank with key ``data``."""
     import salt.cache
 
     cache = salt.cache.Cache(__opts__)  # noqa: F821
-    found = {"addresses": [], "networks": []}
-
-    def add(one):
-        for k, v in one.items():
-            found[k] += v
+    fleet = {}
     ids = set(cache.list("grains") or []) | set(cache.list("pillar") or [])
     for mid in ids:
-        add(minion_entries(cache.fetch("grains", mid), cache.fetch("pillar", mid)))
+        fleet[mid] = (cache.fetch("grains", mid) or {}, cache.fetch("pillar", mid) or {})
     for mid in cache.list("minions") or []:
         data = cache.fetch(f"minions/{mid}", "data") or {}
-        add(minion_entries(data.get("grains"), data.get("pillar")))
+        fleet.setdefault(mid, (data.get("grains") or {}, data.get("pillar") or {}))
+    found = fleet_entries(fleet)
     if not ids and not found["addresses"]:
         log.error("mailfleet_defense: no minion data in the master's cache: the fleet's own "
                   "addresses are unknown (minion_data_cache off?)")

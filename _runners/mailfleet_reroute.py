@@ -54,6 +54,7 @@ import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_address
+import mailfleet_inventory
 import mailfleet_report
 import mailfleet_events
 import mailfleet_ledger
@@ -170,7 +171,7 @@ def plan(fleet, listed, current):
         if h not in listed:
             desired[h] = ("normal", None)
     for h in sorted(h for h in fleet if h in listed):
-        peers = [p for p in clean if p != h]
+        peers = [p for p in clean if p != h] if not fleet[h].get("no_relay") else []
         mode, peer = current.get(h, ("normal", None))
         if mode == "relay" and peer in peers:
             choice = peer  # stable: keep a peer that is still clean
@@ -324,22 +325,6 @@ def host_addresses(grains, pillar):
     return out
 
 
-def peer_address(grains, pillar):
-    """Where a relaying host sends: ``mailfleet:dnsbl:relay_address``, else the peer's
-    ``fqdn_ip4``, else its first global IPv4 address."""
-    conf = (((pillar or {}).get("mailfleet") or {}).get("dnsbl") or {})
-    if conf.get("relay_address"):
-        return norm_ip(str(conf["relay_address"]))
-    for a in list((grains or {}).get("fqdn_ip4") or []) + host_addresses(grains, {}):
-        try:
-            ip = ipaddress.ip_address(a)
-        except ValueError:
-            continue
-        if ip.version == 4 and not ip.is_loopback:
-            return str(ip)
-    return None
-
-
 def _client():
     import salt.client
     return salt.client.get_local_client(mopts=__opts__)  # noqa: F821
@@ -367,15 +352,44 @@ def _fire(tag, data):
     mailfleet_events.fire(__opts__, tag, data)  # noqa: F821
 
 
+def inventory(fleet):
+    """The master-owned inventory (pillar mailfleet:inventory) as the fleet's cached pillars
+    carry it: {host: entry}; bad entries are logged and left out."""
+    hosts, problems = mailfleet_inventory.parse(mailfleet_inventory.from_pillars({h: p for h, (_g, p) in fleet.items()}))
+    for problem in problems:
+        log.error("mailfleet_reroute: %s", problem)
+    return hosts
+
+
+def _check_claims(fleet, inv):
+    """Alert for every host whose grains name addresses its inventory entry does not."""
+    for host, (g, _p) in sorted(fleet.items()):
+        if host in inv:
+            extra = mailfleet_inventory.unlisted(inv[host], list(g.get("ipv4") or []) + list(g.get("ipv6") or []))
+            if extra:
+                _alert("inventory_mismatch", host, f"{host} reports addresses its inventory entry does not list: "
+                       f"{', '.join(extra[:10])} (mailfleet:inventory decides what peers admit; grains do not)",
+                       {"host": host, "unlisted": extra[:50], "inventory": inv[host]["addresses"]})
+
+
 def _converge(store, fleet, conf, reason, now):
-    """Plan from the ledger and act step by step; returns the steps with their results."""
+    """Plan from the ledger and act step by step; returns the steps with their results.
+
+    What peers act on comes from the inventory: a host without an entry is no one's peer
+    and is admitted nowhere (it holds when listed)."""
+    inv = inventory(fleet)
+    _check_claims(fleet, inv)
     # an isolated host (mailfleet_trust.isolate) is no one's peer and relays through no one
     keys = mailfleet_report.KeyStore(mailfleet_report.key_dir(__opts__, _ledger_path()))  # noqa: F821
     isolated = {h for h in fleet if keys.revoked(h)}
-    fleet_info = {h: {"peer_ok": h not in isolated
+    fleet_info = {h: {"peer_ok": h not in isolated and h in inv
                       and (((p.get("mailfleet") or {}).get("dnsbl") or {}).get("peer", True) is not False)
-                      and peer_address(g, p) is not None}
+                      and mailfleet_inventory.relay_address(inv[h]) is not None}
                   for h, (g, p) in fleet.items()}
+    # a listed host that is not in the inventory cannot be admitted anywhere: it holds
+    for h in fleet:
+        if h not in inv:
+            fleet_info.setdefault(h, {})["no_relay"] = True
     current = store.current()
     admits = {r["host"]: r["admit_peer"] for r in store.rows() if r["admit_peer"]}
     desired = plan(fleet_info, set(store.listed_hosts()) - isolated, current)
@@ -386,7 +400,7 @@ def _converge(store, fleet, conf, reason, now):
             continue  # a host the master no longer knows: nothing to apply there
         g, p = fleet[host]
         if action == "admit":
-            store.set_admit(host, peer, host_addresses(g, p), now, reason)
+            store.set_admit(host, peer, inv[host]["addresses"], now, reason)
             ok, summary = _apply(peer, conf)
             if not ok:
                 failed_peers.add(peer)
@@ -396,7 +410,7 @@ def _converge(store, fleet, conf, reason, now):
                 action, peer = "hold", None
                 store.set_mode(host, "hold", None, None, now, f"{reason}; peer refused: {summary}")
             else:
-                store.set_mode(host, "relay", peer, relayhost(peer_address(*fleet[peer])), now, reason)
+                store.set_mode(host, "relay", peer, relayhost(mailfleet_inventory.relay_address(inv[peer])), now, reason)
             ok, summary = _apply(host, conf)
         elif action in ("normal", "hold"):
             store.set_mode(host, action, None, None, now, reason)
@@ -431,7 +445,11 @@ def dnsbl(minion=None, payload=None):
     try:
         if isinstance(minion, str) and minion not in fleet:
             raise Refused(f"{minion!r} is not a known mail host")
-        trans, refused = check_event(payload, minion, host_addresses(g, p))
+        inv = inventory(fleet)
+        # its own sending addresses: the inventory's (and pillar mailfleet:dnsbl:ips) when it
+        # has an entry; else what it says of itself (a listing of those moves only itself)
+        own = (inv[minion]["addresses"] + host_addresses({}, p)) if minion in inv else host_addresses(g, p)
+        trans, refused = check_event(payload, minion, own)
     except Refused as exc:
         log.warning("mailfleet_reroute: refused DNSBL event from %r: %s", minion, exc)
         _fire(TAG_REFUSED, {"minion": minion, "why": str(exc)})

@@ -6,6 +6,7 @@
 base:
   '*mail*.lab.test':
     - lab.common
+    - lab.inventory
   'mail01.lab.test':
     - lab.hosts.mail01
   'mail02.lab.test':

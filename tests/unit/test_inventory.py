@@ -33,7 +33,6 @@ def reroute(tmp_path, monkeypatch):
 LISTED = {"ip": "198.18.0.11", "zone": "dnsbl.lab.test", "state": "listed", "codes": ["127.0.0.2"], "why": "x"}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: admission and relayhost come from grains")
 def test_foreign_addresses_in_a_listed_hosts_grains_are_not_admitted_by_its_peer(reroute):
     st, _applied, alerts = reroute
     fleet = {H1: ({"ipv4": ["198.18.0.11", "192.0.2.66", "0.0.0.0"], "fqdn_ip4": ["198.18.0.11"]}, pillar()),
@@ -47,7 +46,6 @@ def test_foreign_addresses_in_a_listed_hosts_grains_are_not_admitted_by_its_peer
     assert ("inventory_mismatch", H1) in alerts
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: admission and relayhost come from grains")
 def test_a_host_missing_from_the_inventory_is_no_ones_peer_and_admitted_nowhere(reroute):
     st, _applied, _alerts = reroute
     inv = {H1: INVENTORY[H1]}
@@ -57,7 +55,6 @@ def test_a_host_missing_from_the_inventory_is_no_ones_peer_and_admitted_nowhere(
     assert st.current()[H1] == ("hold", None)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the never-ban list comes from grains")
 def test_the_never_ban_list_takes_the_fleets_addresses_from_the_inventory():
     found = d.fleet_entries({H1: ({"ipv4": ["0.0.0.0/0", "192.0.2.66"]}, pillar())})
     nets = d.allow_networks(found["networks"], found["addresses"])
@@ -72,7 +69,6 @@ def test_the_never_ban_list_takes_the_fleets_addresses_from_the_inventory():
     ({"../x": {"addresses": ["198.18.0.11"]}}, "minion id"),
     ({H1: {"addresses": ["198.18.0.11"], "relay_address": "198.18.0.99"}}, "one of its addresses"),
 ])
-@pytest.mark.xfail(strict=True, reason="issue 13: no inventory parser")
 def test_a_bad_inventory_entry_is_refused_with_its_pillar_key(inv, why):
     import mailfleet_inventory as mi
     hosts, problems = mi.parse(inv)

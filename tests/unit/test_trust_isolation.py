@@ -63,8 +63,8 @@ def test_mail01_no_longer_admits_an_isolated_mail02_and_does_not_relay_through_i
     mail02. After isolation: mail01 withdraws mail02's admission, mail02 is no one's peer."""
     applied = []
     monkeypatch.setattr(ob, "_apply", lambda host, conf: applied.append(host) or (True, "ok"))
-    fleet = {H1: ({"ipv4": ["198.18.0.11"], "fqdn_ip4": ["198.18.0.11"]}, {"mailfleet": {}}),
-             H2: ({"ipv4": ["198.18.0.12"], "fqdn_ip4": ["198.18.0.12"]}, {"mailfleet": {}})}
+    inv = {"mailfleet": {"inventory": {H1: {"addresses": ["198.18.0.11"]}, H2: {"addresses": ["198.18.0.12"]}}}}
+    fleet = {H1: ({"ipv4": ["198.18.0.11"]}, inv), H2: ({"ipv4": ["198.18.0.12"]}, inv)}
     st = ob.Store(master["opts"]["mailfleet_ledger"])
     listed = {"ip": "198.18.0.12", "zone": "dnsbl.lab.test", "state": "listed", "codes": ["127.0.0.2"], "why": "x"}
     st.record(H2, listed, 1000.0)
