@@ -38,6 +38,7 @@ import re
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_ask
+import mailfleet_inventory
 import mailfleet_pure
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,27 @@ def host_facts(grains):
         return sorted(out, key=ipaddress.ip_address)
     return {"name": grains.get("fqdn") or grains.get("id"),
             "ipv4": usable(grains.get("ipv4")), "ipv6": usable(grains.get("ipv6"))}
+
+
+def inventory_facts(pillars, grains):
+    """``{minion: facts}`` for the records: from the master-owned inventory (pillar
+    mailfleet:inventory: name = the minion id, addresses = its entry's), never from what a
+    host says of itself; only a fleet without an inventory falls back to the grains."""
+    raw = mailfleet_inventory.from_pillars(pillars)
+    if raw is None:
+        log.warning("mailfleet_dns: no pillar mailfleet:inventory: host addresses from grains")
+        return {m: host_facts(g) for m, g in grains.items()}
+    inv, problems = mailfleet_inventory.parse(raw)
+    missing = sorted(set(grains) - set(inv))
+    if problems or missing:
+        raise RuntimeError("; ".join(problems + [f"mailfleet:inventory:{m}: no entry (add the host's addresses)"
+                                                 for m in missing]))
+    out = {}
+    for m in grains:
+        addrs = inv[m]["addresses"]
+        out[m] = {"name": m, "ipv4": sorted((a for a in addrs if ":" not in a), key=ipaddress.ip_address),
+                  "ipv6": sorted((a for a in addrs if ":" in a), key=ipaddress.ip_address)}
+    return out
 
 
 def merge_domains(pillars):
@@ -333,7 +355,7 @@ def fleet_data(tgt="*mail*", tgt_type="glob", domains=None):
     if not grains:
         raise RuntimeError(f"no minion matched {tgt!r} or none answered")
     pillars = {m: _pillar(m, g) for m, g in grains.items()}
-    facts = {m: host_facts(g) for m, g in grains.items()}
+    facts = inventory_facts(pillars, grains)
     served = merge_domains(pillars)
     only = domain_list(domains)
     if only is not None:

@@ -73,3 +73,13 @@ def test_a_bad_inventory_entry_is_refused_with_its_pillar_key(inv, why):
     import mailfleet_inventory as mi
     hosts, problems = mi.parse(inv)
     assert hosts == {} and problems and problems[0].startswith("mailfleet:inventory:") and why in problems[0]
+
+
+def test_dns_records_take_the_hosts_addresses_from_the_inventory_not_from_grains():
+    import mailfleet_dns as dns
+    grains = {H1: {"id": H1, "fqdn": "evil.example", "ipv4": ["198.18.0.11", "192.0.2.66"]},
+              H2: {"id": H2, "fqdn": H2, "ipv4": ["198.18.0.12"]}}
+    facts = dns.inventory_facts({H1: pillar(), H2: pillar()}, grains)
+    assert facts[H1] == {"name": H1, "ipv4": ["198.18.0.11"], "ipv6": []}
+    with pytest.raises(RuntimeError, match="mailfleet:inventory:mail03.lab.test: no entry"):
+        dns.inventory_facts({H1: pillar()}, dict(grains, **{"mail03.lab.test": {"id": "mail03.lab.test"}}))
