@@ -262,6 +262,7 @@ def problem(minion=None, payload=None):
     except mailfleet_report.Refused as exc:
         log.warning("mailfleet_certs: refused certificate event from %r: %s", minion, exc)
         _fire(TAG_REFUSED, {"minion": minion, "why": str(exc)})
+        mailfleet_events.report_refused(globals().get("__salt__"), "mailfleet_certs", TAG_PROBLEM, minion, exc)
         return {"refused": str(exc)}
     pillar = _pillar(minion) if isinstance(minion, str) else None
     try:

@@ -475,6 +475,7 @@ def report(minion=None, payload=None, tag=None):
     except (Refused, mailfleet_report.Refused) as exc:
         log.warning("mailfleet_defense: refused report from %r: %s", minion, exc)
         _fire("mailfleet/defense/refused", {"minion": minion, "why": str(exc)})
+        mailfleet_events.report_refused(globals().get("__salt__"), "mailfleet_defense", REPORT_TAG, minion, exc)
         return {"refused": str(exc)}
     # Accounts first (_runners/mailfleet_accounts.py): a SASL user over its outbound volume
     # is held before any address is judged (the usual cause of a listing); the queue part

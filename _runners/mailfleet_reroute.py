@@ -439,6 +439,7 @@ def dnsbl(minion=None, payload=None):
     except mailfleet_report.Refused as exc:
         log.warning("mailfleet_reroute: refused DNSBL event from %r: %s", minion, exc)
         _fire(TAG_REFUSED, {"minion": minion, "why": str(exc)})
+        mailfleet_events.report_refused(globals().get("__salt__"), "mailfleet_reroute", TAG_DNSBL, minion, exc)
         return {"refused": str(exc)}
     fleet = _fleet_data()
     g, p = fleet.get(minion, ({}, {})) if isinstance(minion, str) else ({}, {})

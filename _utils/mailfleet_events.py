@@ -29,3 +29,12 @@ def alert(runners, source, kind, subject, message, details=None, severity="warni
     except Exception:  # pylint: disable=broad-except
         log.exception("%s: alert %s/%s failed", source, kind, subject)
         return None
+
+
+def report_refused(runners, source, tag, sender, why):
+    """The alert for a report the master refused (issue 13): named for the minion Salt gave as
+    its sender (for a batched event that may be absent or forged: the message says so)."""
+    sender = str(sender)[:255] if sender else "unknown sender"
+    return alert(runners or {}, source, "report_refused", sender,
+                 f"a report on {tag} from {sender} was refused: {str(why)[:300]}",
+                 {"host": sender, "tag": tag, "why": str(why)[:300]}, "critical")
