@@ -330,10 +330,17 @@ def _client():
     return salt.client.get_local_client(mopts=__opts__)  # noqa: F821
 
 
-def _apply(host, conf):
-    """state.sls mail.dnsbl on one host, waited for: (ok, summary)."""
+def _apply(host, conf, outbound=None):
+    """state.sls mail.dnsbl on one host, waited for: (ok, summary).
+
+    ``outbound``: the host's mailfleet_outbound as the ledger holds it now, passed as pillar
+    so the run renders exactly what was decided (the lab showed runs right after a ledger
+    change rendering the previous mode from a freshly compiled pillar now and then)."""
+    kwarg = {"queue": True}
+    if outbound is not None:
+        kwarg["pillar"] = {"mailfleet_outbound": outbound}
     try:
-        ret = _client().cmd([host], "state.sls", arg=[conf["sls"]], kwarg={"queue": True},
+        ret = _client().cmd([host], "state.sls", arg=[conf["sls"]], kwarg=kwarg,
                             tgt_type="list", timeout=int(conf["apply_timeout"]))
     except Exception as exc:  # pylint: disable=broad-except
         return False, f"{type(exc).__name__}: {exc}"[:300]
@@ -401,7 +408,7 @@ def _converge(store, fleet, conf, reason, now):
         g, p = fleet[host]
         if action == "admit":
             store.set_admit(host, peer, inv[host]["addresses"], now, reason)
-            ok, summary = _apply(peer, conf)
+            ok, summary = _apply(peer, conf, outbound_pillar(peer, store.rows(), now, conf))
             if not ok:
                 failed_peers.add(peer)
                 store.set_admit(host, None, [], now, reason)
@@ -411,15 +418,15 @@ def _converge(store, fleet, conf, reason, now):
                 store.set_mode(host, "hold", None, None, now, f"{reason}; peer refused: {summary}")
             else:
                 store.set_mode(host, "relay", peer, relayhost(mailfleet_inventory.relay_address(inv[peer])), now, reason)
-            ok, summary = _apply(host, conf)
+            ok, summary = _apply(host, conf, outbound_pillar(host, store.rows(), now, conf))
         elif action in ("normal", "hold"):
             store.set_mode(host, action, None, None, now, reason)
-            ok, summary = _apply(host, conf)
+            ok, summary = _apply(host, conf, outbound_pillar(host, store.rows(), now, conf))
         else:  # unadmit: the host no longer relays through that peer
             row = {r["host"]: r for r in store.rows()}.get(host) or {}
             if row.get("admit_peer") == peer and not (row.get("mode") == "relay" and row.get("peer") == peer):
                 store.set_admit(host, None, [], now, reason)
-            ok, summary = _apply(peer, conf)
+            ok, summary = _apply(peer, conf, outbound_pillar(peer, store.rows(), now, conf))
         store.history(host, action, peer, reason, summary if ok else f"FAILED: {summary}", now)
         done.append({"action": action, "host": host, "peer": peer, "ok": ok, "result": summary})
         if not ok:

@@ -22,7 +22,7 @@ def reroute(tmp_path, monkeypatch):
     opts = {"mailfleet_ledger": str(tmp_path / "ledger.sqlite"), "cachedir": str(tmp_path)}
     monkeypatch.setattr(ob, "__opts__", opts, raising=False)
     applied, alerts = [], []
-    monkeypatch.setattr(ob, "_apply", lambda host, conf: applied.append(host) or (True, "ok"))
+    monkeypatch.setattr(ob, "_apply", lambda host, conf, outbound=None: applied.append((host, outbound)) or (True, "ok"))
     monkeypatch.setattr(ob, "_alert", lambda kind, subject, message, details=None, severity="warning":
                         alerts.append((kind, subject)))
     st = ob.Store(opts["mailfleet_ledger"])
@@ -34,7 +34,7 @@ LISTED = {"ip": "198.18.0.11", "zone": "dnsbl.lab.test", "state": "listed", "cod
 
 
 def test_foreign_addresses_in_a_listed_hosts_grains_are_not_admitted_by_its_peer(reroute):
-    st, _applied, alerts = reroute
+    st, applied, alerts = reroute
     fleet = {H1: ({"ipv4": ["198.18.0.11", "192.0.2.66", "0.0.0.0"], "fqdn_ip4": ["198.18.0.11"]}, pillar()),
              H2: ({"ipv4": ["198.18.0.12"], "fqdn_ip4": ["203.0.113.5"]}, pillar())}
     st.record(H1, LISTED, 1000.0)
@@ -44,6 +44,9 @@ def test_foreign_addresses_in_a_listed_hosts_grains_are_not_admitted_by_its_peer
     assert row["relayhost"] == "[198.18.0.12]:25"          # the inventory's, not the fqdn_ip4 grain
     assert sorted(ob.outbound_pillar(H2, st.rows(), 1000.0, ob._conf())["admit"]) == ["198.18.0.11/32"]
     assert ("inventory_mismatch", H1) in alerts
+    # each host's run is handed the mode just decided (not whatever its pillar compiles to)
+    assert [(h, o["admit"]) for h, o in applied if h == H2] == [(H2, ["198.18.0.11/32"])]
+    assert [(h, o.get("relayhost")) for h, o in applied if h == H1] == [(H1, "[198.18.0.12]:25")]
 
 
 def test_a_host_missing_from_the_inventory_is_no_ones_peer_and_admitted_nowhere(reroute):

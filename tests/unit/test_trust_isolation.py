@@ -62,7 +62,7 @@ def test_mail01_no_longer_admits_an_isolated_mail02_and_does_not_relay_through_i
     """mail02 relayed through mail01 (listed); mail01 is listed next and would relay through
     mail02. After isolation: mail01 withdraws mail02's admission, mail02 is no one's peer."""
     applied = []
-    monkeypatch.setattr(ob, "_apply", lambda host, conf: applied.append(host) or (True, "ok"))
+    monkeypatch.setattr(ob, "_apply", lambda host, conf, outbound=None: applied.append(host) or (True, "ok"))
     inv = {"mailfleet": {"inventory": {H1: {"addresses": ["198.18.0.11"]}, H2: {"addresses": ["198.18.0.12"]}}}}
     fleet = {H1: ({"ipv4": ["198.18.0.11"]}, inv), H2: ({"ipv4": ["198.18.0.12"]}, inv)}
     st = ob.Store(master["opts"]["mailfleet_ledger"])
