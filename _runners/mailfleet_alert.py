@@ -97,7 +97,7 @@ class Throttle(mailfleet_ledger.Tables):
     CREATE TABLE IF NOT EXISTS alerts (
         id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, subject TEXT NOT NULL,
         created REAL NOT NULL, sent INTEGER NOT NULL, suppressed INTEGER NOT NULL DEFAULT 0,
-        message TEXT NOT NULL, channels TEXT);
+        message TEXT NOT NULL, channels TEXT, reporter TEXT NOT NULL DEFAULT '');
     CREATE INDEX IF NOT EXISTS alerts_key ON alerts(kind, subject, created);
     """
 
@@ -106,9 +106,15 @@ class Throttle(mailfleet_ledger.Tables):
     def __init__(self, path, period=60, burst=1, kind_burst=10):
         super().__init__(path)
         self.period, self.burst, self.kind_burst = period, int(burst), int(kind_burst)
-        # ledgers written before the per-reporter budget: add its column once
-        if "reporter" not in {r[1] for r in self.db.execute("PRAGMA table_info(alerts)")}:
-            self.db.execute("ALTER TABLE alerts ADD COLUMN reporter TEXT NOT NULL DEFAULT ''")
+        # ledgers written before the per-reporter budget: add its column once, checked again
+        # inside the write lock (two reactor threads may both see it missing)
+        if "reporter" not in self._columns():
+            with self:
+                if "reporter" not in self._columns():
+                    self.db.execute("ALTER TABLE alerts ADD COLUMN reporter TEXT NOT NULL DEFAULT ''")
+
+    def _columns(self):
+        return {r[1] for r in self.db.execute("PRAGMA table_info(alerts)")}
 
     def decide(self, kind, subject, message, now, reporter=""):
         """(send, suppressed_before, row id): record this alert and say whether it goes out.

@@ -9,6 +9,7 @@ extension_modules or found through ``module_dirs``) on ``sys.path`` while they l
 """
 import os
 import sqlite3
+import threading
 
 __virtualname__ = "mailfleet_ledger"
 
@@ -35,9 +36,7 @@ def connect(file, schema, rows=True):
     memory = file == ":memory:"
     if not memory:
         os.makedirs(os.path.dirname(file) or ".", mode=0o700, exist_ok=True)
-        # Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
-        # database file's mode, so they are root-only from their first byte as well.
-        os.close(os.open(file, os.O_WRONLY | os.O_CREAT, 0o600))
+        create_root_only(file)
         _root_only(file)
     db = sqlite3.connect(file, timeout=BUSY_TIMEOUT, isolation_level=None)
     if rows:
@@ -47,6 +46,28 @@ def connect(file, schema, rows=True):
     if not memory:
         _root_only(file)
     return db
+
+
+def create_root_only(file):
+    """Create an empty sqlite file 0600 unless it exists, without ever opening ``file`` itself.
+
+    0600 before SQLite opens it: SQLite gives the -wal and -shm files the database file's mode,
+    so they are root-only from their first byte. Never opened here because POSIX drops every
+    lock a process holds on a file when any descriptor of it is closed: an ``open``+``close``
+    of the ledger in one reactor thread released the locks of the others' connections, another
+    process closing its connection then took the ledger for unused, checkpointed and deleted
+    the WAL under them ("database disk image is malformed"). The empty file is made under a
+    private name and linked into place, so no descriptor of the shared file is closed."""
+    if os.path.exists(file):
+        return
+    tmp = f"{file}.{os.getpid()}.{threading.get_ident()}.new"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        os.link(tmp, file)
+    except FileExistsError:
+        pass  # another process or thread created it first
+    finally:
+        os.unlink(tmp)
 
 
 def _root_only(file):

@@ -196,18 +196,12 @@ class NonceStore:
     (a fresh module in a thread) and every master process sees the same ones."""
 
     def __init__(self, directory, window=WINDOW):
-        import sqlite3
+        import mailfleet_ledger  # one way to open a shared sqlite file (root-only, WAL, locks kept)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        path = os.path.join(directory, "nonces.sqlite")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        self.db = sqlite3.connect(path, timeout=10, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        for suffix in ("-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.chmod(path + suffix, 0o600)
-        self.db.execute("CREATE TABLE IF NOT EXISTS nonces (host TEXT, nonce TEXT, ts REAL,"
-                        " PRIMARY KEY (host, nonce))")
+        self.db = mailfleet_ledger.connect(
+            os.path.join(directory, "nonces.sqlite"),
+            "CREATE TABLE IF NOT EXISTS nonces (host TEXT, nonce TEXT, ts REAL, PRIMARY KEY (host, nonce));",
+            rows=False)
         self.window = window
 
     def __call__(self, host, nonce, ts):

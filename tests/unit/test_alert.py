@@ -213,3 +213,24 @@ def test_one_reporter_flooding_a_kind_cannot_silence_alerts_about_another_host(t
     go, _held, _row = t.decide("report_refused", "mail02.lab.test #99", "x", 1001.0, reporter="mail02.lab.test")
     assert not go
     t.close()
+
+
+def test_a_ledger_from_before_the_per_reporter_budget_keeps_its_alerts_and_gains_the_budget(tmp_path):
+    import sqlite3
+    path = tmp_path / "ledger.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+    CREATE TABLE alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, subject TEXT NOT NULL,
+        created REAL NOT NULL, sent INTEGER NOT NULL, suppressed INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL, channels TEXT);
+    INSERT INTO alerts (kind, subject, created, sent, message) VALUES ('dnsbl', 'x', 1000.0, 1, 'old');
+    """)
+    old.commit()
+    old.close()
+    a, b = al.Throttle(path), al.Throttle(path)     # two reactor threads upgrade it at once
+    assert not a.decide("dnsbl", "x", "m", 1010.0)[0], "the alert sent before the upgrade was forgotten"
+    go, _held, _row = b.decide("report_refused", "mail01", "m", 1010.0, reporter="mail01")
+    assert go
+    assert [r["sent"] for r in b.recent(0)] == [1, 0, 1]
+    a.close()
+    b.close()

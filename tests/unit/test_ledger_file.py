@@ -66,3 +66,33 @@ def test_the_ledger_wal_and_shm_files_are_root_only_too(tmp_path):
         db.close()
     finally:
         os.umask(old)
+
+
+def _open_and_close_elsewhere(file):
+    """Another master process (a runner CLI, the drain schedule) reading the ledger and closing it."""
+    import subprocess
+    import sys
+    code = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('SELECT count(*) FROM sqlite_master').fetchone(); c.close()")
+    subprocess.run([sys.executable, "-c", code, os.fspath(file)], check=True, timeout=60)
+
+
+def test_a_runner_opening_the_ledger_keeps_the_locks_of_another_thread_in_its_process(tmp_path):
+    # Reactor runners are threads of one master process. POSIX drops every lock a process holds
+    # on a file when any descriptor of it is closed: opening the ledger must not open and close
+    # the database file itself, or another process closing its connection believes it is the
+    # last one, checkpoints and deletes the WAL under the open connections ("database disk
+    # image is malformed" on the master, seen in the lab within seconds of the first ban).
+    file = tmp_path / "ledger.sqlite"
+    first = ml.connect(file, SCHEMA)
+    try:
+        first.execute("INSERT INTO bans (address) VALUES ('198.19.0.1')")
+        second = ml.connect(file, SCHEMA)          # a second reactor job opens it meanwhile
+        _open_and_close_elsewhere(file)
+        assert os.path.exists(f"{file}-wal"), "another process deleted the WAL of open connections"
+        second.execute("INSERT INTO bans (address) VALUES ('198.19.0.2')")
+        second.close()
+        assert first.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert first.execute("SELECT count(*) FROM bans").fetchone()[0] == 2
+    finally:
+        first.close()

@@ -127,3 +127,24 @@ def test_the_id_salts_script_engine_adds_after_signing_is_dropped_unproven(store
     assert host == H1 and "id" not in body
     with pytest.raises(rep.Refused, match="bad signature"):
         rep.verify(TAG, dict(as_received, ips=["198.18.0.12"]), store.keys)
+
+
+def test_the_nonce_store_shared_by_reactor_threads_keeps_its_wal_while_open(tmp_path):
+    # Same POSIX lock pitfall as the ledger (tests/unit/test_ledger_file.py): a second reactor
+    # job opening the store must not drop the first one's locks on the file.
+    import subprocess
+    import sys
+    first = rep.NonceStore(str(tmp_path / "keys"))
+    try:
+        assert first(H1, "n" * 16, 1.0) is False
+        second = rep.NonceStore(str(tmp_path / "keys"))
+        path = os.path.join(tmp_path, "keys", "nonces.sqlite")
+        subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+                        " c.execute('SELECT count(*) FROM nonces').fetchone(); c.close()", path],
+                       check=True, timeout=60)
+        assert os.path.exists(path + "-wal")
+        assert second(H1, "n" * 16, 1.0) is True            # the replay is still seen
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        second.close()
+    finally:
+        first.close()
