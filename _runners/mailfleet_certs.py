@@ -260,10 +260,8 @@ def problem(minion=None, payload=None):
         # the signature names the sender; the event's minion id proves nothing (issue 13)
         minion, payload = mailfleet_report.check(__opts__, _ledger_path(), TAG_PROBLEM, payload, minion)  # noqa: F821
     except mailfleet_report.Refused as exc:
-        log.warning("mailfleet_certs: refused certificate event from %r: %s", minion, exc)
-        _fire(TAG_REFUSED, {"minion": minion, "why": str(exc)})
-        mailfleet_events.report_refused(globals().get("__salt__"), "mailfleet_certs", TAG_PROBLEM, minion, exc)
-        return {"refused": str(exc)}
+        return mailfleet_events.refuse_report(globals().get("__salt__"), _fire, "mailfleet_certs", "certificate event",
+                                              TAG_PROBLEM, TAG_REFUSED, minion, exc)
     pillar = _pillar(minion) if isinstance(minion, str) else None
     try:
         if pillar is None:

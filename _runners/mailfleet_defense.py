@@ -473,10 +473,8 @@ def report(minion=None, payload=None, tag=None):
         minion, payload = mailfleet_report.check(__opts__, ledger_path(__opts__), REPORT_TAG, payload, minion)  # noqa: F821
         offenders, refused = check_report(payload, minion, pol)
     except (Refused, mailfleet_report.Refused) as exc:
-        log.warning("mailfleet_defense: refused report from %r: %s", minion, exc)
-        _fire("mailfleet/defense/refused", {"minion": minion, "why": str(exc)})
-        mailfleet_events.report_refused(globals().get("__salt__"), "mailfleet_defense", REPORT_TAG, minion, exc)
-        return {"refused": str(exc)}
+        return mailfleet_events.refuse_report(globals().get("__salt__"), _fire, "mailfleet_defense", "report",
+                                              REPORT_TAG, "mailfleet/defense/refused", minion, exc)
     # Accounts first (_runners/mailfleet_accounts.py): a SASL user over its outbound volume
     # is held before any address is judged (the usual cause of a listing); the queue part
     # raises its alert. Neither may stop the ban path.

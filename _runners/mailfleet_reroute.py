@@ -444,10 +444,8 @@ def dnsbl(minion=None, payload=None):
         # the signature names the sender; the event's minion id proves nothing (issue 13)
         minion, payload = mailfleet_report.check(__opts__, _ledger_path(), TAG_DNSBL, payload, minion)  # noqa: F821
     except mailfleet_report.Refused as exc:
-        log.warning("mailfleet_reroute: refused DNSBL event from %r: %s", minion, exc)
-        _fire(TAG_REFUSED, {"minion": minion, "why": str(exc)})
-        mailfleet_events.report_refused(globals().get("__salt__"), "mailfleet_reroute", TAG_DNSBL, minion, exc)
-        return {"refused": str(exc)}
+        return mailfleet_events.refuse_report(globals().get("__salt__"), _fire, "mailfleet_reroute", "DNSBL event",
+                                              TAG_DNSBL, TAG_REFUSED, minion, exc)
     fleet = _fleet_data()
     g, p = fleet.get(minion, ({}, {})) if isinstance(minion, str) else ({}, {})
     try:

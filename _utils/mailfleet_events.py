@@ -31,10 +31,15 @@ def alert(runners, source, kind, subject, message, details=None, severity="warni
         return None
 
 
-def report_refused(runners, source, tag, sender, why):
-    """The alert for a report the master refused (issue 13): named for the minion Salt gave as
-    its sender (for a batched event that may be absent or forged: the message says so)."""
-    sender = str(sender)[:255] if sender else "unknown sender"
-    return alert(runners or {}, source, "report_refused", sender,
-                 f"a report on {tag} from {sender} was refused: {str(why)[:300]}",
-                 {"host": sender, "tag": tag, "why": str(why)[:300]}, "critical")
+def refuse_report(runners, fire, source, what, tag, refused_tag, sender, why):
+    """A report the master will not act on (issue 13): logged, fired on ``refused_tag`` (the
+    runner's ``fire``) and alerted as ``report_refused``, named for the minion Salt gave as
+    its sender (for a batched event that may be absent or forged: the message says so).
+    Returns the runner's answer."""
+    log.warning("%s: refused %s from %r: %s", source, what, sender, why)
+    fire(refused_tag, {"minion": sender, "why": str(why)})
+    name = str(sender)[:255] if sender else "unknown sender"
+    alert(runners or {}, source, "report_refused", name,
+          f"a report on {tag} from {name} was refused: {str(why)[:300]}",
+          {"host": name, "tag": tag, "why": str(why)[:300]}, "critical")
+    return {"refused": str(why)}

@@ -476,16 +476,9 @@ def _validate_domain(dom, dpath, dcfg, rep):
     room = 254 - len(dom)  # longest local part that keeps the address within 255 characters
     for mkey, mcfg in mailboxes.items():
         mpath = f"{dpath}:mailboxes:{mkey}"
-        local = None
-        if type(mkey) is str and "@" not in mkey and mkey:
-            try:
-                local = check_local_part(mkey)
-            except ValueError:
-                pass  # _local_in_domain reports it
+        local = _local_key(mkey, dom, mpath, rep, allow_catchall=False)
         if local is None:
-            local = _local_in_domain(str(mkey), dom, mpath, rep, allow_catchall=False)
-            if local is None:
-                continue
+            continue
         if local in d_mailboxes:
             rep.error(mpath, f"duplicate mailbox {local}@{dom} (also {d_mailboxes[local]['path']})")
             continue
@@ -534,16 +527,9 @@ def _validate_domain(dom, dpath, dcfg, rep):
     d_aliases = d["aliases"]
     for akey, targets in aliases.items():
         apath = f"{dpath}:aliases:{akey}"
-        local = None
-        if type(akey) is str and "@" not in akey and akey:
-            try:
-                local = check_local_part(akey)
-            except ValueError:
-                pass  # _local_in_domain reports it
+        local = _local_key(akey, dom, apath, rep, allow_catchall=True)
         if local is None:
-            local = _local_in_domain(str(akey), dom, apath, rep, allow_catchall=True)
-            if local is None:
-                continue
+            continue
         if local in d_mailboxes:
             rep.error(apath, f"alias {local}@{dom} is also a mailbox ({d_mailboxes[local]['path']})")
             continue
@@ -599,6 +585,17 @@ def _validate_domain(dom, dpath, dcfg, rep):
             continue
         d["alias_domains"][adom] = apath
     return d
+
+
+def _local_key(key, dom, path, rep, allow_catchall):
+    """The local part a mailbox or alias key names (a bare local part, or an address in
+    ``dom``), or None with the problem reported under ``path``."""
+    if type(key) is str and "@" not in key and key:
+        try:
+            return check_local_part(key)
+        except ValueError:
+            pass  # _local_in_domain reports it
+    return _local_in_domain(str(key), dom, path, rep, allow_catchall=allow_catchall)
 
 
 def _local_in_domain(key, dom, path, rep, allow_catchall):
