@@ -258,7 +258,9 @@ class Ledger(mailfleet_ledger.Tables):
 
     def recent_not_before(self, reporter, since):
         return [r[0] for r in self.db.execute(
-            "SELECT not_before FROM bans WHERE reporter=? AND not_before>? ORDER BY not_before",
+            # a ban dropped before its turn (forget_reporter) took no slot of the rate
+            "SELECT not_before FROM bans WHERE reporter=? AND not_before>?"
+            " AND NOT (revoked IS NOT NULL AND applied IS NULL) ORDER BY not_before",
             (reporter, since))]
 
     def insert(self, bans):
@@ -297,6 +299,20 @@ class Ledger(mailfleet_ledger.Tables):
         cur = self.db.execute("UPDATE bans SET revoked=?, revoked_by=? WHERE address=? AND revoked IS NULL"
                               " AND expires>?", (now, who, address, now))
         return cur.rowcount
+
+    def revoke_reporter(self, reporter, now, who, queued_only=True):
+        """Revoke ``reporter``'s bans still waiting their turn (``queued_only=False``: and the
+        ones in force). Returns {"queued": n, "in_force": [addresses]}."""
+        cur = self.db.execute("UPDATE bans SET revoked=?, revoked_by=? WHERE reporter=? AND revoked IS NULL"
+                              " AND applied IS NULL AND not_before>?", (now, who, reporter, now))
+        out = {"queued": cur.rowcount, "in_force": []}
+        if not queued_only:
+            rows = self.db.execute("SELECT id, address FROM bans WHERE reporter=? AND revoked IS NULL"
+                                   " AND expires>?", (reporter, now)).fetchall()
+            self.db.executemany("UPDATE bans SET revoked=?, revoked_by=? WHERE id=?",
+                                [(now, who, r["id"]) for r in rows])
+            out["in_force"] = sorted({r["address"] for r in rows})
+        return out
 
     def active(self, now):
         """{address: expires} of bans in force (their turn has come, not revoked)."""
@@ -603,6 +619,37 @@ def unban(address):
     if len(addrs) == 1:
         return {"address": addrs[0], "revoked": revoked[addrs[0]], "jid": jid}
     return {"addresses": addrs, "revoked": sum(revoked.values()), "jid": jid}
+
+
+def forget_reporter(host, unban=False):
+    """Drop the bans ``host`` reported that still wait their turn (the rate cap) and, with
+    ``unban=True``, lift the ones in force on every host as well, except addresses another host
+    reported too. For a host taken out of the fleet's trust (``mailfleet_trust.isolate`` calls
+    it): what it claimed while compromised must not keep landing for minutes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_defense.forget_reporter mail02.example.net
+        salt-run mailfleet_defense.forget_reporter mail02.example.net unban=True
+    """
+    if not isinstance(host, str) or not host or len(host) > 255:
+        raise ValueError(f"mailfleet_defense.forget_reporter: host {host!r} is not a minion id")
+    pol = _policy()
+    now = time.time()
+    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    try:
+        with led:
+            gone = led.revoke_reporter(host, now, f"forget:{host}", queued_only=not unban)
+            lifted = sorted(set(gone["in_force"]) - set(led.active(now)))
+    finally:
+        led.close()
+    jid = None
+    for start in range(0, len(lifted), 5000):  # one nft batch per host per chunk
+        jid = _send(pol, lifted[start:start + 5000], fun="mailfleet_ban.remove")
+    log.warning("mailfleet_defense: forgot %s: %d queued bans dropped, %d lifted", host, gone["queued"], len(lifted))
+    return {"host": host, "dropped": gone["queued"], "lifted": len(lifted), "first": lifted[:50], "jid": jid}
 
 
 def release(user):

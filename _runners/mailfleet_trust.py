@@ -8,7 +8,8 @@ For the postmaster who finds a mail host compromised::
     salt-run mailfleet_trust.restore mail02.example.net      # after a rebuild
 
 ``isolate``: the host's report key is revoked (its reports are refused from that moment:
-_utils/mailfleet_report.py), the outbound plan is converged without it (a peer that admitted
+_utils/mailfleet_report.py), the bans it reported that still wait their turn are dropped
+(``unban=True``: the ones in force are lifted too), the outbound plan is converged without it (a peer that admitted
 it into its mynetworks stops; it is no one's relay peer), its minion key is rejected (no
 pillar, no secrets, no jobs any more) and a critical ``host_isolated`` alert says so.
 ``restore``: a new report key, the minion key accepted again, a ``host_restored`` alert; its
@@ -53,17 +54,28 @@ def _step(out, name, fun):
         out[name] = f"failed: {type(exc).__name__}: {exc}"[:300]
 
 
-def isolate(host, reason=""):
-    """Revoke ``host``'s report key, converge the outbound plan without it, reject its
-    minion key, alert. Each step's result is returned; a failed step does not stop the next."""
+def isolate(host, reason="", unban=False):
+    """Revoke ``host``'s report key, drop the bans it reported that still wait their turn
+    (``unban=True``: lift the ones in force too), converge the outbound plan without it,
+    reject its minion key, alert. Each step's result is returned; a failed step does not stop
+    the next.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_trust.isolate mail02.example.net reason="rootkit found" unban=True
+    """
     store = _store()
     store.revoke(host)  # first: from here on nothing it reports is acted on
     out = {"host": host, "report_key": "revoked"}
+    _step(out, "bans", lambda: {k: v for k, v in __salt__["mailfleet_defense.forget_reporter"](  # noqa: F821
+        host, unban=unban).items() if k in ("dropped", "lifted")})
     _step(out, "outbound", lambda: __salt__["mailfleet_reroute.reconcile"]())  # noqa: F821
     _step(out, "minion_key", lambda: _wheel("key.reject", host, include_accepted=True))
     _alert("host_isolated", host, f"{host} isolated by the postmaster{': ' + str(reason)[:200] if reason else ''}: "
            "its reports are refused, no peer admits it, its minion key is rejected",
-           details={k: v for k, v in out.items() if k != "outbound"}, severity="critical")
+           details={k: v for k, v in out.items() if k not in ("outbound", "bans")}, severity="critical")
     return out
 
 

@@ -18,8 +18,8 @@ Afterwards none of the attacks took effect, the refusals raised report_refused a
 mail02, and mail01 still accepts mail from `outside`, refuses relaying and sends directly.
 Everything is undone in `finally` (grains, listings, bans): later tests share the lab.
 
-Not played here: a flood of 100,000 bans (tests/unit/test_defense_runner.py shows the queue
-bound; a lab run would leave thousands of rows for later tests)."""
+The flood of 100,000 bans from mail02 is played in tests/lab/test_61_isolate_host.py, where
+isolating mail02 clears what it left in the ledger and on the hosts."""
 import json
 import time
 

@@ -1,5 +1,6 @@
 """The ban decisions of the mailfleet_defense runner, as pure functions, and its ledger."""
 import ipaddress
+import time
 
 import pytest
 
@@ -254,3 +255,41 @@ def test_expired_ban_rows_are_pruned_after_the_memory(ledger):
     assert ledger.prune(now + 600 + memory - 1) == 0
     assert ledger.prune(now + 600 + memory + 1) == 1
     assert ledger.rows(now, include_all=True) == []
+
+
+def test_forgetting_an_isolated_reporter_drops_its_queue_and_on_request_lifts_its_bans(tmp_path, monkeypatch):
+    # mail02 flooded the ledger before the postmaster isolated it: what still waits its turn is
+    # the claim of a host no longer trusted and is dropped; the bans in force are lifted on
+    # every host only when asked (unban=True), and never one another host reported too.
+    opts = {"mailfleet_ledger": str(tmp_path / "ledger.sqlite"), "cachedir": str(tmp_path)}
+    monkeypatch.setattr(d, "__opts__", opts, raising=False)
+    sent = []
+    monkeypatch.setattr(d, "_send", lambda pol, items, fun="mailfleet_ban.add": sent.append((fun, sorted(items))) or "j")
+    monkeypatch.setattr(d, "_policy", lambda: d.policy({"rate": 2, "period": 60}))
+    now = time.time()
+    led = d.Ledger(opts["mailfleet_ledger"])
+    pol = d.policy({"rate": 2, "period": 60})
+    with led:
+        bans, _ = d.decide([(f"198.19.9.{i}", {"relay": 3}) for i in range(1, 6)], "mail02.lab.test", now, pol, [], led)
+        led.insert(bans)
+        both, _ = d.decide([("198.19.9.1", {"relay": 3})], HOST, now, pol, [], led)
+        assert both == []                      # already banned: mail01's own report of it
+        led.insert(d.decide([("198.19.8.1", {"relay": 3})], HOST, now, pol, [], led)[0])
+        led.db.execute("INSERT INTO bans(address, family, reporter, reason, created, not_before, timeout,"
+                       " expires, level) VALUES ('198.19.9.1', 4, ?, '{}', ?, ?, 600, ?, 0)", (HOST, now, now, now + 600))
+    led.close()
+    ret = d.forget_reporter("mail02.lab.test")
+    assert ret == {"host": "mail02.lab.test", "dropped": 3, "lifted": 0, "first": [], "jid": None}
+    assert sent == []
+    ret = d.forget_reporter("mail02.lab.test", unban=True)
+    assert ret["dropped"] == 0 and ret["first"] == ["198.19.9.2"]  # 198.19.9.1: mail01 banned it too
+    assert sent == [("mailfleet_ban.remove", ["198.19.9.2"])]
+    led = d.Ledger(opts["mailfleet_ledger"])
+    try:
+        assert set(led.active(time.time())) == {"198.19.9.1", "198.19.8.1"}
+        assert led.queued(time.time()) == 0
+        # restored later, its rate starts from what took effect, not from the dropped queue
+        again, _ = d.decide([("198.19.7.1", {"relay": 3})], "mail02.lab.test", now + 61, pol, [], led)
+        assert [b["not_before"] for b in again] == [now + 61]
+    finally:
+        led.close()

@@ -23,7 +23,10 @@ def master(tmp_path, monkeypatch):
         monkeypatch.setattr(mod, "__opts__", opts, raising=False)
     monkeypatch.setattr(trust, "_wheel", lambda fun, host, **kw: calls.append((fun, host, kw)) or {"ok": True})
     monkeypatch.setattr(trust, "__salt__", {"mailfleet_reroute.reconcile": lambda: calls.append(("reconcile",))
-                                            or {"steps": []}}, raising=False)
+                                            or {"steps": []},
+                                            "mailfleet_defense.forget_reporter": lambda host, unban=False:
+                                            calls.append(("forget", host, unban)) or {"dropped": 0, "lifted": 0}},
+                        raising=False)
     monkeypatch.setattr(trust, "_alert", lambda kind, subject, message, details=None, severity="warning":
                         alerts.append((kind, subject, severity)))
     return {"opts": opts, "calls": calls, "alerts": alerts}
@@ -39,6 +42,7 @@ def test_after_isolation_mail02s_reports_are_refused_and_its_key_is_rejected(mas
     with pytest.raises(rep.Refused, match="no valid key"):
         rep.check(opts, opts["mailfleet_ledger"], TAG, old)
     assert ("key.reject", H2, {"include_accepted": True}) in master["calls"] and ("reconcile",) in master["calls"]
+    assert ("forget", H2, False) in master["calls"]  # its queued bans dropped (tests/unit/test_defense_runner.py)
     assert ("host_isolated", H2, "critical") in master["alerts"]
     assert H2 in trust.isolated() and H1 not in trust.isolated()
     # its pillar no longer carries a key; mail01's does
