@@ -90,8 +90,9 @@ def save_state(base, domain, state):
     os.replace(tmp, path)
 
 
-def signing_material(base, domain):
-    """``{"selector", "key_type", "key"}`` of the domain's signing selector, or None."""
+def _signing_material(base, domain):
+    """``{"selector", "key_type", "key"}`` of the domain's signing selector, or None. Private (no
+    ``salt-run`` can print a private key; issue 15)."""
     try:
         state = load_state(base, domain)
     except (OSError, ValueError):

@@ -43,7 +43,7 @@ def test_a_new_domain_goes_to_signing_with_a_key_on_disk(tmp_path):
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
     assert dkim.public_b64(dkim.read_private_key(str(key_file))) == state["selectors"][0]["p"]
     assert json.loads(Path(runner.state_path(base, "a.test")).read_text()) == state
-    got = runner.signing_material(base, "a.test")
+    got = runner._signing_material(base, "a.test")
     assert got["selector"] == sel and got["key"].startswith("-----BEGIN PRIVATE KEY-----")
     # nothing more to do on a second run
     taken, _ = runner.drive(base, "a.test", lambda: 1795600000, publish, facts_of)
@@ -56,7 +56,7 @@ def test_no_switch_while_dns_does_not_show_the_key(tmp_path):
                                 lambda s: {"dns": {e["selector"]: None for e in s["selectors"]}})
     assert [a["action"] for a in taken] == ["generate", "publish", "wait"]
     assert dkim.signing_selector(state) is None
-    assert runner.signing_material(base, "a.test") is None
+    assert runner._signing_material(base, "a.test") is None
 
 
 def test_a_failed_publish_keeps_the_state_before_it(tmp_path):
@@ -159,3 +159,11 @@ def test_a_forgotten_selector_name_is_never_used_again(tmp_path):
         names.append(dkim.signing_selector(state))
     assert names == ["mf20261125-2", "mf20261125-3", "mf20261125-4"]
     assert state["retired"] == ["mf20261125", "mf20261125-2", "mf20261125-3"]
+
+
+def test_no_runner_function_hands_out_a_private_key():
+    # Salt's loader exposes every public function: salt-run mailfleet_dkim.* must not print a key
+    import inspect
+    public = [n for n, f in vars(runner).items() if inspect.isfunction(f) and not n.startswith("_")
+              and f.__module__ == runner.__name__]
+    assert "signing_material" not in public and "drive" in public
