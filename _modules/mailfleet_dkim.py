@@ -38,7 +38,8 @@ import base64
 import datetime
 import os
 import re
-import tempfile
+
+import mailfleet_files  # salt://_utils: on sys.path for execution modules and runners
 
 __virtualname__ = "mailfleet_dkim"
 
@@ -184,30 +185,7 @@ def write_private_key(path, key, mode=0o600, uid=None, gid=None):
     renamed over ``path``. Returns the public ``p=`` value of the key written.
     """
     data = key if isinstance(key, (bytes, bytearray)) else private_bytes(key)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        os.fchmod(fd, 0o600)
-        if uid is not None or gid is not None:
-            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    mailfleet_files.write_atomic(path, data, mode=mode, uid=uid, gid=gid)
     return public_b64(load_private(bytes(data), where=path))
 
 

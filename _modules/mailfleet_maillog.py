@@ -110,7 +110,6 @@ restart, then starts the new file at 0), truncation in place (size below the off
 bytes before the offset changed: it restarts at 0) and a missing file. Its ``state`` is a
 small JSON-able dict to persist between runs.
 """
-import errno
 import hashlib
 import ipaddress
 import json
@@ -121,6 +120,7 @@ from typing import NamedTuple, Optional
 
 # salt://_utils: on sys.path for the loader, the detector's launcher and the tests
 import mailfleet_address
+import mailfleet_files
 
 __virtualname__ = "mailfleet_maillog"
 
@@ -1027,13 +1027,4 @@ def load_state(path):
 
 def save_state(path, state):
     """Write a Tailer state atomically (write to a temporary file, then rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:  # pragma: no cover
-        if exc.errno != errno.EXDEV:
-            raise
+    mailfleet_files.write_json(path, state, mode=0o600, sort_keys=False)

@@ -29,6 +29,8 @@ import subprocess
 import tempfile
 import time
 
+import mailfleet_files  # salt://_utils: on sys.path for execution modules
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_sasl_hold"
@@ -189,10 +191,7 @@ def _forget(users, watch_dir=WATCH_DIR, wait=5.0):
         return "no detector"
     rid = uuid.uuid4().hex
     path = os.path.join(watch_dir, "forget.json")
-    fd, tmp = tempfile.mkstemp(prefix=".forget.", dir=watch_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"id": rid, "users": sorted(users), "time": time.time()}, fh)
-    os.replace(tmp, path)
+    mailfleet_files.write_json(path, {"id": rid, "users": sorted(users), "time": time.time()})
     ended = time.monotonic() + wait
     while time.monotonic() < ended:
         try:
@@ -369,9 +368,7 @@ def sync(holds=None, release=None, test=False, seq=None):
     if todo["released"] and (release or "map" in changes):
         changes["forgotten"] = _forget(todo["released"])
     if seq is not None and seq != stored:
-        with open(_seq_path(path) + ".tmp", "w", encoding="ascii") as fh:
-            fh.write(f"{seq}\n")
-        os.replace(_seq_path(path) + ".tmp", _seq_path(path))
+        mailfleet_files.write_atomic(_seq_path(path), f"{seq}\n", mode=0o644, folder_mode=0o755)
     if changes:
         log.info("mailfleet_sasl_hold: %s", changes)
     return {"result": True, "changes": changes, "truncated": truncated,

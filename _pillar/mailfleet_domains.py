@@ -65,6 +65,7 @@ import types
 
 import yaml
 
+import mailfleet_files
 import mailfleet_pillar
 
 try:
@@ -257,19 +258,10 @@ def _save_disk_cache(folder, cachedir):
     target = _disk_cache_path(folder, cachedir)
     prefix = os.path.join(folder, "")
     entries = {p: list(v) for p, v in _CACHE.items() if p.startswith(prefix)}
-    tmp = f"{target}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(msgpack.packb(entries, use_bin_type=True))
-        os.replace(tmp, target)  # atomic: workers racing here each leave a whole file
+    try:  # atomic: workers racing here each leave a whole file
+        mailfleet_files.write_atomic(target, msgpack.packb(entries, use_bin_type=True), fsync=False)
     except (OSError, TypeError, ValueError) as err:
         log.warning("mailfleet_domains: cannot write parse cache %s (%s)", target, err)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def folder_domains(folder, cachedir=None, opts=None):
@@ -330,13 +322,8 @@ def _save_owners(cachedir, owners):
     if not target:
         _SHARED.owners[target] = (None, owners)
         return
-    tmp = f"{target}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(owners, handle, sort_keys=True)
-        os.replace(tmp, target)
+        mailfleet_files.write_json(target, owners, fsync=False)
         _SHARED.owners[target] = (os.stat(target).st_mtime_ns, owners)
     except OSError as err:
         log.warning("mailfleet_domains: cannot write %s (%s)", target, err)

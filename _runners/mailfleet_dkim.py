@@ -28,11 +28,11 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
+import mailfleet_files
 import mailfleet_pure
 
 log = logging.getLogger(__name__)
@@ -82,12 +82,7 @@ def load_state(base, domain, ktype="rsa"):
 
 def save_state(base, domain, state):
     path = state_path(base, domain)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".state.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(state, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    mailfleet_files.write_atomic(path, json.dumps(state, indent=2, sort_keys=True) + "\n", mode=0o600)
 
 
 def _signing_material(base, domain):

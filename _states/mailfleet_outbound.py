@@ -16,8 +16,8 @@ configured resolver); the table it writes is the one ``main.cf`` names in
 never bounced. An FCrDNS that cannot be checked (resolver down) leaves the table as it is
 and fails the state, saying why.
 """
-import os
-import tempfile
+
+import mailfleet_files  # salt://_utils: on sys.path while the state loader loads this
 
 __virtualname__ = "mailfleet_outbound"
 SWITCH_KEY = "mailfleet:deliverability:hold_outbound_on_bad_ptr"
@@ -36,19 +36,7 @@ def _read(path):
 
 
 def _write(path, text):
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mailfleet-hold.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    mailfleet_files.write_atomic(path, text, mode=0o644, folder_mode=0o755)
 
 
 def held_while_fcrdns_fails(name, enabled=False, hostname=None, addresses=None,

@@ -24,8 +24,12 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import time
+
+# imported when this module loads: Salt's loaders put the utils directories on sys.path only
+# while they load, not when a function runs later
+import mailfleet_files
+import mailfleet_ledger  # one way to open a shared sqlite file (root-only, WAL, locks kept)
 
 __virtualname__ = "mailfleet_report"
 
@@ -124,17 +128,7 @@ class KeyStore:
             return None
 
     def _write(self, host, doc):
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".key.", dir=self.dir)  # 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._path(host))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        mailfleet_files.write_json(self._path(host), doc, mode=0o600)
 
     @staticmethod
     def _new(now):
@@ -196,7 +190,6 @@ class NonceStore:
     (a fresh module in a thread) and every master process sees the same ones."""
 
     def __init__(self, directory, window=WINDOW):
-        import mailfleet_ledger  # one way to open a shared sqlite file (root-only, WAL, locks kept)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.db = mailfleet_ledger.connect(
             os.path.join(directory, "nonces.sqlite"),

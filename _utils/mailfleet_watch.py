@@ -37,13 +37,16 @@ import sys
 import threading
 import time
 
+import mailfleet_files  # salt://_utils: on sys.path when this module loads
+
 log = logging.getLogger("mailfleet_watch")
 
 TAG = "mailfleet/abuse/report"
 DNSBL_TAG = "mailfleet/dnsbl/transition"
 # The modules this program runs, as a minion's extension_modules holds them (the launcher
 # puts utils/ and modules/ on sys.path): a change of any of them restarts the program.
-CODE_MODULES = (("utils", "mailfleet_watch"), ("utils", "mailfleet_address"), ("utils", "mailfleet_report"), ("modules", "mailfleet_maillog"),
+CODE_MODULES = (("utils", "mailfleet_watch"), ("utils", "mailfleet_address"), ("utils", "mailfleet_report"),
+                ("utils", "mailfleet_files"), ("utils", "mailfleet_ledger"), ("modules", "mailfleet_maillog"),
                 ("modules", "mailfleet_dnsbl"), ("modules", "mailfleet_certwatch"),
                 ("modules", "mailfleet_queue"))
 SETTINGS, STATUS, LAUNCHER = "settings.json", "status.json", "run"
@@ -197,14 +200,8 @@ def _stamp(paths):
 
 
 def write_json(path, data, mode=0o600):
-    """Atomic write (temporary file in the same directory, fsync, rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Atomic write: _utils/mailfleet_files.py."""
+    mailfleet_files.write_json(path, data, mode=mode)
 
 
 class Emitter:
