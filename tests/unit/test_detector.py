@@ -67,7 +67,8 @@ def test_a_lowered_threshold_bans_at_the_next_attempt_counting_the_earlier_ones_
     det = watch.Detector(str(wdir), str(_extmods(tmp_path)), lambda data, tag: fired.append((tag, data)))
     th = threading.Thread(target=det.run, kwargs={"max_seconds": 20}, daemon=True)
     th.start()
-    assert _wait(lambda: det.conf is not None), "the detector did not load its settings"
+    # status.json is written just after the settings take effect: wait for the file itself
+    assert _wait(lambda: (wdir / watch.STATUS).exists()), "the detector did not load its settings"
     first_status = json.loads((wdir / watch.STATUS).read_text())
     with open(log, "a") as fh:
         fh.write(RELAY.format(ip="198.19.7.7") * 4)
