@@ -217,6 +217,33 @@ def _run(argv, inp=None):
 # deferral. The hold queue itself is outside the lifetimes (qmgr never scans it), so a SASL
 # hold needs no raised lifetimes on the host: the requeue is what keeps released mail safe.
 REQUEUE_AFTER = 86_400
+# postconf(5) time units; a bare number is in the parameter's default unit (days here)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_TIME_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+
+
+def postfix_seconds(value, default_unit="d"):
+    """A Postfix time value ("5d", "3600s", "2") in seconds; None when it is not one."""
+    m = _TIME_RE.match(str(value))
+    return int(m.group(1)) * _UNITS[m.group(2) or default_unit] if m else None
+
+
+def requeue_after(lifetimes):
+    """Seconds of hold after which release requeues: a day, or half of the shortest queue
+    lifetime of the host (maximal_queue_lifetime, bounce_queue_lifetime) when that is less,
+    so a host with short lifetimes cannot bounce released mail either."""
+    secs = [s for s in (postfix_seconds(v) for v in lifetimes) if s is not None]
+    return min([REQUEUE_AFTER] + [s // 2 for s in secs])
+
+
+def _lifetimes():
+    try:
+        out = __salt__["cmd.run_stdout"](  # noqa: F821
+            [_bin("postconf"), "-h", "maximal_queue_lifetime", "bounce_queue_lifetime"],
+            python_shell=False, ignore_retcode=True)
+    except Exception:  # pylint: disable=broad-except
+        return []
+    return out.split()
 # At most this many queue files are read for their SASL login per sync (postcat each).
 MAX_LOGINS = 10_000
 _LOGIN_RE = re.compile(r"^named_attribute: sasl_username=(.*)$", re.M)
@@ -337,7 +364,8 @@ def sync(holds=None, release=None, test=False, seq=None):
         msgs, truncated = [], False
     released_now = (set(release) | set(current)) - set(holds)
     logins = _logins(_login_candidates(msgs, set(holds), released_now)) if msgs else {}
-    todo = plan(holds, current, msgs, release, logins=logins)
+    after = requeue_after(_lifetimes()) if released_now else REQUEUE_AFTER
+    todo = plan(holds, current, msgs, release, logins=logins, requeue_after=after)
     changes = {}
     if todo["map"] or not exists:
         changes["map"] = {"old": current, "new": holds}

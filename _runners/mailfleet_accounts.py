@@ -29,7 +29,7 @@ schedule) makes a host that missed the push catch up, also after a restart.
 Alerts through ``mailfleet_alert.send`` (deduplicated, rate-limited): ``account_held``,
 ``account_refused``, ``account_released``, ``queue_deferred`` (and ``queue_cleared``).
 
-Runners: ``holds`` (the ledger), ``release``, ``reconcile`` (push the ledger's holds to every
+Runners: ``holds`` (the ledger), ``hold`` (by hand), ``release``, ``reconcile`` (push the ledger's holds to every
 host now).
 """
 import json
@@ -338,6 +338,45 @@ def queue(minion, payload):
         _alert("queue_cleared", minion, f"{minion}: deferred queue back under the thresholds "
                f"({q['deferred']} deferred)", details=dict(q, host=minion), severity="info")
     return q
+
+
+def hold(user, mode="hold", reason="held by the postmaster"):
+    """Hold ``user`` by hand on every host (a customer reports a phished account, say):
+    ``mode=hold`` accepts its new mail onto the hold queue, ``mode=refuse`` answers 450 4.7.1.
+    Recorded in the ledger like a reported hold (reporter ``runner``); ends with ``release``.
+
+    CLI Example::
+
+        salt-run mailfleet_accounts.hold user=alice@example-a.test reason="ticket 4711"
+    """
+    user = valid_user(user)
+    if mode not in ("hold", "refuse"):
+        raise ValueError(f"mode must be hold or refuse, not {mode!r}")
+    reason = str(reason)[:200]
+    now = time.time()
+    with _LOCK:
+        led = Holds(_ledger_path())
+        try:
+            with led:
+                current = led.current()
+                if current.get(user) == mode:
+                    return {"user": user, "mode": mode, "changed": False, "hosts": {}}
+                info = {"reason": reason, "by": "runner"}
+                if user not in current:
+                    led.apply([(user, "hold", info)], "runner", now)
+                if mode != "hold" or user in current:  # the mode of the row in force
+                    led.db.execute("UPDATE sasl_holds SET mode=?, reason=?, updated=? WHERE user=? AND released IS NULL",
+                                   (mode, json.dumps(info, sort_keys=True), now, user))
+                seq = led.bump()
+                holds_now = led.current()
+        finally:
+            led.close()
+        pushed = _summary(_push(holds_now, seq=seq))
+    _alert(f"account_{'held' if mode == 'hold' else 'refused'}", user,
+           f"SASL user {user} {'held' if mode == 'hold' else 'refused'} by the postmaster ({reason}). "
+           f"Release: salt-run mailfleet_accounts.release user={user}",
+           details={"mode": mode, "reason": reason, "hosts": pushed}, severity="warning")
+    return {"user": user, "mode": mode, "changed": True, "hosts": pushed}
 
 
 def release(user, who="runner"):

@@ -211,3 +211,57 @@ def test_a_growing_deferred_queue_raises_an_alert_and_another_when_it_drains(lab
         for qid in ids:
             lab.run("mail01", "postsuper", "-d", qid, check=False)
         apply_defense(lab)
+
+
+LIFETIME = 60  # seconds: mail01's queue lifetimes for the next test (Debian's default is 5 days)
+
+
+@pytest.fixture
+def short_lifetimes(lab, published):
+    """mail01 with maximal_queue_lifetime and bounce_queue_lifetime of 60 s (main.cf restored
+    byte for byte afterwards, and mail02's Postfix started again, whatever happens)."""
+    release_alice()
+    saved = lab.run("mail01", "cat", "/etc/postfix/main.cf").stdout
+    lab.run("mail01", "postconf", "-e", f"maximal_queue_lifetime={LIFETIME}s", f"bounce_queue_lifetime={LIFETIME}s")
+    lab.run("mail01", "postfix", "reload")
+    try:
+        yield
+    finally:
+        lab.run("mail02", "systemctl", "start", "postfix", check=False)
+        lab.run("mail01", "sh", "-c", 'cat > /etc/postfix/main.cf.restore && mv /etc/postfix/main.cf.restore '
+                '/etc/postfix/main.cf && postfix reload', input=saved)
+        release_alice()
+
+
+def test_mail_held_past_the_queue_lifetime_is_delivered_on_release_not_bounced(lab, short_lifetimes):
+    """The postmaster holds alice by hand, her message waits on hold longer than mail01's
+    maximal_queue_lifetime, and the receiving host (mail02) is down when she is released: the
+    first delivery attempt defers. Released with `postsuper -H`, the message would keep its
+    arrival time and bounce at that deferral; mailfleet requeues it (a new arrival time), so
+    it waits for mail02 and is delivered, with no DSN to alice."""
+    t = tag("aged")
+    code, ret, out = salt_run("mailfleet_accounts.hold", f"user={ALICE}", "reason=lab test", timeout=300)
+    assert code == 0 and ret["changed"], out[-2000:]
+    wait(lambda: map_value(lab, "mail01", ALICE) == "HOLD", 60, "alice held on mail01")
+    qid = submit(lab, ALICE, f"{t}-old")
+    q = {m["queue_id"]: m for m in queue(lab, "mail01")}
+    assert q[qid]["queue_name"] == "hold", q.get(qid)
+    time.sleep(LIFETIME + 5)  # held past the lifetime (the hold queue is outside it)
+    assert {m["queue_id"]: m for m in queue(lab, "mail01")}[qid]["queue_name"] == "hold"
+
+    lab.run("mail02", "systemctl", "stop", "postfix")
+    ret = release_alice()
+    assert ret["released"] == 1 and "requeued" in str(ret["hosts"][H1]), ret
+    # the requeued copy: a new queue id, found by its Message-ID; its first attempt defers
+    new_id = wait(lambda: [ln.split(": message-id=")[0].rsplit(" ", 1)[1]
+                           for ln in log_lines(lab, "mail01", f"message-id=<{t}-old@example-a.test>")
+                           if qid not in ln], 60, "the requeued message")[0]
+    wait(lambda: [ln for ln in log_lines(lab, "mail01", f"{new_id}:") if "status=deferred" in ln], 120,
+         "the first delivery attempt deferred (mail02 down)")
+    lab.run("mail02", "systemctl", "start", "postfix")
+    lab.run("mail01", "postqueue", "-i", new_id, check=False)
+    assert wait_for_mail(lab, BOB, f"{t}-old", timeout=120)
+    assert imap_subjects(lab, "outside", "mail02.lab.test", BOB, f"{t}-old") == [f"Subject: {t}-old"]
+    lines = log_lines(lab, "mail01", f"{qid}:") + log_lines(lab, "mail01", f"{new_id}:")
+    assert not [ln for ln in lines if "status=bounced" in ln or "status=expired" in ln or "non-delivery" in ln], lines
+    assert not maildir_files_with(lab, ALICE, f"{t}-old@example-a.test")  # no DSN came back

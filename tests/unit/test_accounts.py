@@ -182,6 +182,27 @@ def test_hold_refuse_release_recorded_pushed_and_alerted(runner):
     assert [r["mode"] for r in acc.holds(all=True)] == ["refuse", "hold"]
 
 
+def test_the_postmaster_holds_an_account_by_hand_and_releases_it(runner):
+    ret = acc.hold("Alice@Example-A.test", reason="ticket 4711")
+    assert ret["changed"] and ret["mode"] == "hold" and runner["pushed"][-1] == ({ALICE: "hold"}, None)
+    (row,) = acc.holds()
+    assert row["reporter"] == "runner" and row["reason"]["reason"] == "ticket 4711"
+    assert runner["alerted"][-1][:2] == ("account_held", ALICE)
+    n = len(runner["pushed"])
+    assert acc.hold(ALICE)["changed"] is False and len(runner["pushed"]) == n  # idempotent
+    assert acc.hold(ALICE, mode="refuse")["changed"] and runner["pushed"][-1] == ({ALICE: "refuse"}, None)
+    assert acc.hold(ALICE, mode="hold")["changed"] and acc.holds()[0]["mode"] == "hold"  # back to holding
+    assert len(acc.holds(all=True)) == 1  # one episode throughout
+    # a report while held by hand escalates it as usual
+    assert acc.outbound(H1, outbound_report(ALICE))["refused"] == [ALICE]
+    assert acc.release(ALICE)["released"] == 1 and acc.holds() == []
+    with pytest.raises(ValueError, match="mode"):
+        acc.hold(ALICE, mode="drop")
+    with pytest.raises(ValueError):
+        acc.hold("alice example")
+    assert acc.holds() == []
+
+
 def test_release_of_a_user_not_held_still_releases_on_the_hosts_and_checks_the_name(runner):
     ret = acc.release(ALICE)
     assert ret["released"] == 0 and runner["pushed"][-1] == ({}, [ALICE])
@@ -311,6 +332,32 @@ def test_mail_held_for_long_is_requeued_on_release_so_it_cannot_bounce_for_its_a
     p = sh.plan({}, {ALICE: "hold"}, ALIAS_QUEUE, release=[ALICE], logins=LOGINS, now=10_000 + 600,
                 requeue_after=300)
     assert p["requeue_ids"] == ["H1", "H2"]
+
+
+# Postfix time values as postconf -h prints them, with the seconds they mean
+POSTFIX_TIMES = [
+    ("5d", 432_000),     # Debian's default maximal_queue_lifetime
+    ("3600s", 3600),
+    ("90m", 5400),
+    ("2", 172_800),      # a bare number is in days for the lifetimes
+    ("1w", 604_800),
+    (" 4h ", 14_400),
+    ("5x", None),        # not a Postfix unit
+    ("", None),
+    ("-1d", None),
+]
+
+
+@pytest.mark.parametrize("text,seconds", POSTFIX_TIMES)
+def test_postfix_time_values(text, seconds):
+    assert sh.postfix_seconds(text) == seconds
+
+
+def test_a_host_with_short_queue_lifetimes_requeues_sooner():
+    assert sh.requeue_after(["5d", "5d"]) == 86_400          # the default: a day
+    assert sh.requeue_after(["60s", "5d"]) == 30             # half the shortest lifetime
+    assert sh.requeue_after(["5d", "1h"]) == 1800            # bounce_queue_lifetime counts too
+    assert sh.requeue_after(["garbage"]) == 86_400 and sh.requeue_after([]) == 86_400
 
 
 def test_the_login_of_a_queued_message_comes_from_its_queue_file():
