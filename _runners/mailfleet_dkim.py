@@ -24,12 +24,10 @@ CLI Example:
     salt-run mailfleet_dkim.ensure                   # keys for every served domain
     salt-run mailfleet_dkim.status
 """
-import importlib.util
 import json
 import logging
 import os
 import time
-from pathlib import Path
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_files
@@ -118,7 +116,7 @@ def _dns_facts(state):
         name = f"{entry['selector']}._domainkey.{state['domain']}."
         try:
             ans = dns.query.udp(dns.message.make_query(name, "TXT"), server, port=port, timeout=3)
-        except Exception:  # pylint: disable=broad-except
+        except Exception:  # noqa: BLE001
             continue  # unknown: not looked up
         values = ["".join(s.decode("ascii", "replace") for s in r.strings)
                   for rrset in ans.answer for r in rrset if hasattr(r, "strings")]
@@ -128,12 +126,8 @@ def _dns_facts(state):
 
 
 def _publish(tgt, tgt_type, domain):
-    import salt.runner
-
-    runner = salt.runner.RunnerClient(__opts__)
-    ret = runner.cmd("mailfleet_dns.publish",
-                     kwarg={"tgt": tgt, "tgt_type": tgt_type, "domains": domain},
-                     print_event=False, full_return=False)
+    # a runner's __salt__ holds the runners: mailfleet_dns.publish is called, not loaded by path
+    ret = __salt__["mailfleet_dns.publish"](tgt=tgt, tgt_type=tgt_type, domains=domain)
     if not isinstance(ret, dict) or ret.get("errors"):
         raise dkim.DkimError(f"publishing failed: {ret.get('errors') if isinstance(ret, dict) else ret}")
     return ret
@@ -141,17 +135,12 @@ def _publish(tgt, tgt_type, domain):
 
 def _domains(tgt, tgt_type, only=None):
     """The domains served by the targeted minions (their pillar, compiled here)."""
-    mod = _load_runner("mailfleet_dns")
-    mod.__opts__ = __opts__
-    domains, _ = mod.fleet_data(tgt, tgt_type, only)
-    return sorted(domains)
+    return sorted(_domain_data(tgt, tgt_type, only))
 
 
 def _domain_data(tgt, tgt_type, only=None):
     """{domain: pillar data} of the domains served by the targeted minions."""
-    mod = _load_runner("mailfleet_dns")
-    mod.__opts__ = __opts__
-    domains, _ = mod.fleet_data(tgt, tgt_type, only)
+    domains, _ = __salt__["mailfleet_dns.fleet_data"](tgt, tgt_type, only)
     return domains
 
 
@@ -207,14 +196,6 @@ def _push(hosts):
                      for sid, st in res.items() if isinstance(st, dict) and st.get("result") is False]
     if problems:
         raise dkim.DkimError("installing the signing key failed: " + "; ".join(problems))
-
-
-def _load_runner(name):
-    here = Path(__file__).resolve().parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_mailfleet_runner_mod_{name}", here)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _unpushed(state):
