@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lab"))
-from mflab import fleet  # noqa: E402
+from mflab import fleet
 
 VENV_BIN = Path(sys.executable).parent
 DETECTOR = "mail01"
@@ -240,7 +240,7 @@ def main() -> int:
     finally:
         unban(anchor_ips + lat_ips + storm_ips)
         say("")
-        say(f"clean-up: {len(lat_ips) + len(storm_ips)} addresses unbanned; load average at the end {os.getloadavg()[0]:.1f}")
+        say(f"clean-up: {len(anchor_ips) + len(lat_ips) + len(storm_ips)} addresses unbanned; load average at the end {os.getloadavg()[0]:.1f}")
     (REPO / "bench" / "ban_latency.out").write_text("\n".join(log) + "\n")
     return 0
 

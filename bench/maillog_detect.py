@@ -40,7 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "_modules"))
-import mailfleet_maillog as ml  # noqa: E402
+import mailfleet_maillog as ml
 
 OUT = REPO / "bench" / "maillog_detect.out"
 F2B_POSTFIX = "postfix[mode=aggressive]"  # relay + SASL + the postscreen/ddos lines

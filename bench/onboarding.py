@@ -19,8 +19,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lab"))
-from mflab import fleet  # noqa: E402
-from mflab.fleet import EXTRA_DOMAINS, SALT_DIR, VENV_BIN, run_in  # noqa: E402
+from mflab import fleet
+from mflab.fleet import EXTRA_DOMAINS, SALT_DIR, VENV_BIN, run_in
 
 HASH = "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$R2rWrzQsUalWSAA41QpprQ$fHQ5LDz0S3v2WR6cQpn78y9h1ge0PiEOx+r9i29cpsk"
 TRIALS = 5

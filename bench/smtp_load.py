@@ -18,8 +18,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lab"))
-from mflab import fleet  # noqa: E402
-from mflab.fleet import SALT_DIR, VENV_BIN, run_in  # noqa: E402
+from mflab import fleet
+from mflab.fleet import SALT_DIR, VENV_BIN, run_in
 
 MESSAGES, SESSIONS, SIZE = 2000, 20, 2048
 MAILDIR = "/var/vmail/example-a.test/alice"

@@ -44,8 +44,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lab"))
-from mflab import fleet  # noqa: E402
-from mflab.fleet import EXTRA_DOMAINS, SALT_DIR, VENV_BIN, run_in  # noqa: E402
+from mflab import fleet
+from mflab.fleet import EXTRA_DOMAINS, SALT_DIR, VENV_BIN, run_in
 
 HOST, MINION = "mail02", "mail02.lab.test"
 FILE_PREFIX = "vbench-"  # /run/mailfleet-lab/domains/vbench-d00000.vbench.test.yaml
