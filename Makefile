@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LABCTL  := $(PY) lab/labctl.py
 PYTEST  := $(PY) -m pytest
 
-.PHONY: deps test test-quick demo lab lab-down lab-status lab-image bench clean
+.PHONY: deps lint test test-quick demo lab lab-down lab-status lab-image bench clean
 
 deps: $(VENV)/.installed
 	@./scripts/install-deps.sh
@@ -15,12 +15,16 @@ $(VENV)/.installed: requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	@touch $@
 
-## Everything: unit, functional, integration and lab tests (benchmarks excluded).
-test: deps
+## The one lint configuration (ruff.toml): pyflakes' checks, Salt's dunders known.
+lint: deps
+	$(VENV)/bin/ruff check .
+
+## Everything: lint, then unit, functional, integration and lab tests (benchmarks excluded).
+test: deps lint
 	$(PYTEST) tests
 
 ## Without the lab (quick loop).
-test-quick: deps
+test-quick: deps lint
 	$(PYTEST) tests -m "not lab"
 
 ## The lab up, then the fleet answering.

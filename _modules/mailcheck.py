@@ -415,10 +415,10 @@ def _exc(exc):
 def _quit(client):
     try:
         client.quit()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         try:
             client.close()
-        except Exception:  # pylint: disable=broad-except
+        except Exception:  # noqa: BLE001
             pass
 
 
@@ -449,12 +449,12 @@ def check_smtp(host, ip, port, timeout):
     name = f"smtp-{port}"
     try:
         client, code, msg = _smtp_open(ip, host, port, timeout)
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return result(name, False, f"connect {ip}:{port}: {_exc(exc)}")
     try:
         ehlo_code, ehlo_msg = client.ehlo(host)
         ok, detail = smtp_verdict(host, code, msg, ehlo_code, ehlo_msg)
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         ok, detail = False, f"banner {reply_text(code, msg)}; EHLO: {_exc(exc)}"
     _quit(client)
     return result(name, ok, detail)
@@ -464,7 +464,7 @@ def check_relay(host, ip, port, sender, timeout):
     """An unauthenticated client asks to relay to a foreign domain; DATA is never sent."""
     try:
         client, code, msg = _smtp_open(ip, host, port, timeout)
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return result("relay-refused", False, f"connect {ip}:{port}: {_exc(exc)}")
     try:
         if code != 220:
@@ -481,7 +481,7 @@ def check_relay(host, ip, port, sender, timeout):
         ok, detail = relay_verdict(rcode, rmsg)
         client.rset()
         return result("relay-refused", ok, detail)
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return result("relay-refused", False, f"relay test interrupted: {_exc(exc)}")
     finally:
         _quit(client)
@@ -509,7 +509,7 @@ def submission_steps(host, ip, port, cafile, user, password, timeout):
     steps = []
     try:
         client, code, msg = _smtp_open(ip, host, port, timeout)
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return [(False, f"connect {ip}:{port}: {_exc(exc)}")], False
     stage = "EHLO"
     try:
@@ -531,7 +531,7 @@ def submission_steps(host, ip, port, cafile, user, password, timeout):
         stage = "STARTTLS"
         try:
             _, text, peercert = _starttls(client, host, cafile)
-        except Exception as exc:  # pylint: disable=broad-except
+        except Exception as exc:  # noqa: BLE001
             steps.append((False, f"STARTTLS: {_exc(exc)}"))
             steps.append((False, "AUTH not tried (TLS not verified)"))
             return steps, False
@@ -556,7 +556,7 @@ def submission_steps(host, ip, port, cafile, user, password, timeout):
         # address's next logins longer (2, 4, 8, 15 s).
         steps.append((False, "wrong-password test not tried (the probe login failed)"))
         return steps, False
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         steps.append((False, f"{stage}: {_exc(exc)}"))
         return steps, False
     finally:
@@ -568,14 +568,14 @@ def wrong_password_step(host, ip, port, cafile, user, timeout):
     Returns one ``(ok, text)`` step."""
     try:
         client, _, _ = _smtp_open(ip, host, port, timeout)
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return False, f"wrong-password test: connect: {_exc(exc)}"
     try:
         client.ehlo(host)
         _starttls(client, host, cafile)
         wrong = "mailcheck-wrong-" + secrets.token_urlsafe(12)
         return bad_password_verdict(*_auth_plain(client, user or f"mailcheck@{host}", wrong))
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return False, f"wrong-password test: {_exc(exc)}"
     finally:
         _quit(client)
@@ -596,7 +596,7 @@ def check_imaps(host, ip, port, cafile, user, password, timeout):
     steps = []
     try:
         client = _IMAPS(ip, host, port, _tls_context(cafile), timeout)
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return result(name, False, f"connect {ip}:{port}: {_exc(exc)}")
     stage = "greeting"
     try:
@@ -627,13 +627,13 @@ def check_imaps(host, ip, port, cafile, user, password, timeout):
         else:
             steps.append((False, f"SELECT INBOX: {typ} {said}"))
         return result(name, *steps_verdict(steps))
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         steps.append((False, f"{stage}: {_exc(exc)}"))
         return result(name, *steps_verdict(steps))
     finally:
         try:
             client.logout()
-        except Exception:  # pylint: disable=broad-except
+        except Exception:  # noqa: BLE001
             pass
 
 
@@ -814,7 +814,7 @@ def _guarded(name, run):
     """Run one check; a bug in it becomes a failing line, never a lost ritual."""
     try:
         return run()
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return result(name, False, f"check crashed: {type(exc).__name__}: {exc}")
 
 

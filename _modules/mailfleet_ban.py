@@ -189,8 +189,8 @@ def _fresh_ledger():
     """Pillar ``mailfleet_bans`` compiled by the master now (not the minion's cached pillar)."""
     import salt.pillar
 
-    pil = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"],  # noqa: F821
-                                 saltenv=__opts__.get("saltenv"), pillarenv=__opts__.get("pillarenv"))  # noqa: F821
+    pil = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"],
+                                 saltenv=__opts__.get("saltenv"), pillarenv=__opts__.get("pillarenv"))
     try:
         return pil.compile_pillar().get("mailfleet_bans")
     finally:
@@ -208,7 +208,7 @@ def reconcile(ledger=None, test=False, fresh=True):
     CLI Example: ``salt '*mail*' mailfleet_ban.reconcile``
     """
     if ledger is None:
-        ledger = _fresh_ledger() if fresh else __pillar__.get("mailfleet_bans")  # noqa: F821
+        ledger = _fresh_ledger() if fresh else __pillar__.get("mailfleet_bans")
     if not isinstance(ledger, dict):
         return {"skipped": "no pillar mailfleet_bans (is the mailfleet_bans ext_pillar configured?)",
                 "added": {}, "removed": []}

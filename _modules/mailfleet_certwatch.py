@@ -248,7 +248,7 @@ def probe(address, port, mode, server_name=None, timeout=10):
                     except OSError:
                         pass
         return cert_info(der)
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return {"error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
@@ -257,7 +257,7 @@ def read_lineage(live_dir, name):
     try:
         with open(path, "rb") as fh:
             return cert_info(fh.read())
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return {"error": f"{path}: {type(exc).__name__}: {exc}"[:200]}
 
 
@@ -313,7 +313,7 @@ class Watcher:
                         raise RuntimeError("event.fire_master returned False")
                     log.info("mailfleet_watch: certificates %s", "; ".join(
                         f"{x['name']} {x['report']} {','.join(x['problems']) or 'ok'}" for x in ev["lineages"]))
-            except Exception:  # pylint: disable=broad-except
+            except Exception:  # noqa: BLE001
                 log.exception("mailfleet_watch: certificate round failed")
                 for x in (ev or {}).get("lineages") or []:
                     self.tracker.forget(x["name"])
@@ -327,10 +327,10 @@ class Watcher:
 # --- minion functions (called by the master's mailfleet_certs runner) ----------------------
 
 def _conf():
-    d = (__salt__["pillar.get"]("mailfleet:defense", {}) or {})  # noqa: F821
+    d = (__salt__["pillar.get"]("mailfleet:defense", {}) or {})
     conf = {k[5:]: v for k, v in d.items() if isinstance(k, str) and k.startswith("cert_")}
-    host = __salt__["pillar.get"]("mailfleet:host:myhostname") or __grains__["id"]  # noqa: F821
-    if __grains__.get("os_family") == "FreeBSD":  # noqa: F821
+    host = __salt__["pillar.get"]("mailfleet:host:myhostname") or __grains__["id"]
+    if __grains__.get("os_family") == "FreeBSD":
         conf.setdefault("live_dir", "/usr/local/etc/letsencrypt/live")
     return settings(conf, host)
 
@@ -356,10 +356,10 @@ def renew(name, force=True, timeout=300):
     return {"retcode": proc.returncode, "output": (proc.stdout + proc.stderr)[-2000:]}
 
 
-def reload():  # pylint: disable=redefined-builtin
+def reload():
     """Reload the services that serve the certificate (postfix, dovecot, nginx if present)."""
     out = {}
-    freebsd = __grains__.get("os_family") == "FreeBSD"  # noqa: F821
+    freebsd = __grains__.get("os_family") == "FreeBSD"
     for svc in ("postfix", "dovecot", "nginx"):
         argv = ["service", svc, "reload"] if freebsd else ["systemctl", "reload", svc]
         if not freebsd and subprocess.run(["systemctl", "is-active", "-q", svc], check=False).returncode:

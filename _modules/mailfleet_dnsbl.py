@@ -336,7 +336,7 @@ def settings(conf):
 # --- Salt execution function --------------------------------------------------------------
 
 def _conf():
-    return (__pillar__.get("mailfleet") or {}).get("dnsbl") or {}  # noqa: F821
+    return (__pillar__.get("mailfleet") or {}).get("dnsbl") or {}
 
 
 def host_ips(conf=None):
@@ -345,7 +345,7 @@ def host_ips(conf=None):
     conf = settings(_conf()) if conf is None else conf
     if conf["ips"]:
         return sending_ips(conf["ips"])
-    return sending_ips(list(__grains__.get("ipv4") or []) + list(__grains__.get("ipv6") or []))  # noqa: F821
+    return sending_ips(list(__grains__.get("ipv4") or []) + list(__grains__.get("ipv6") or []))
 
 
 def check():

@@ -72,7 +72,7 @@ def _run(argv, stdin):
         raise CommandExecutionError(f"{argv[0]} {argv[1]} failed: {exc.__class__.__name__}") from None
 
 
-def hash(password, scheme="ARGON2ID", rounds=None):  # pylint: disable=redefined-builtin
+def hash(password, scheme="ARGON2ID", rounds=None):
     """
     Hash ``password`` with ``doveadm pw`` on this mail host; returns ``{SCHEME}...``.
 

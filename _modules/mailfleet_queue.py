@@ -163,7 +163,7 @@ class QueueWatcher:
                     if log:
                         log.info("mailfleet_watch: queue %s: %d deferred, oldest %ss", rep["state"],
                                  rep["deferred"], rep["oldest"])
-            except Exception:  # pylint: disable=broad-except
+            except Exception:  # noqa: BLE001
                 if log:
                     log.exception("mailfleet_watch: queue check failed")
             left = max(1.0, self.conf["interval"] - (time.monotonic() - started))

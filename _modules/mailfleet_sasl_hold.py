@@ -101,9 +101,9 @@ def _postfix_dir():
     the platform's default."""
     default = "/usr/local/etc/postfix" if os.path.isdir("/usr/local/etc/postfix") else "/etc/postfix"
     try:
-        out = __salt__["cmd.run_stdout"]("postconf -h config_directory", python_shell=False,  # noqa: F821
+        out = __salt__["cmd.run_stdout"]("postconf -h config_directory", python_shell=False,
                                          ignore_retcode=True).strip()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         return default
     return out if out.startswith("/") and os.path.isdir(out) else default
 
@@ -132,8 +132,8 @@ def _fresh_holds():
     """(holds, seq): pillar ``mailfleet_sasl_holds`` compiled by the master now: the minion's in-memory
     pillar may predate a release, and a schedule run must not hold a released user again."""
     import salt.pillar
-    pil = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"],  # noqa: F821
-                                 saltenv=__opts__.get("saltenv"), pillarenv=__opts__.get("pillarenv"))  # noqa: F821
+    pil = salt.pillar.get_pillar(__opts__, dict(__grains__), __opts__["id"],
+                                 saltenv=__opts__.get("saltenv"), pillarenv=__opts__.get("pillarenv"))
     try:
         data = pil.compile_pillar()
         return data.get("mailfleet_sasl_holds"), data.get("mailfleet_sasl_holds_seq")
@@ -238,10 +238,10 @@ def requeue_after(lifetimes):
 
 def _lifetimes():
     try:
-        out = __salt__["cmd.run_stdout"](  # noqa: F821
+        out = __salt__["cmd.run_stdout"](
             [_bin("postconf"), "-h", "maximal_queue_lifetime", "bounce_queue_lifetime"],
             python_shell=False, ignore_retcode=True)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         return []
     return out.split()
 # At most this many queue files are read for their SASL login per sync (postcat each).
@@ -382,7 +382,7 @@ def sync(holds=None, release=None, test=False, seq=None):
         _write_map(path, render_map(holds))
         # smtpd re-opens a changed hash map only after its current session; reload so the
         # next connection is served by processes that see it.
-        if __salt__["service.status"]("postfix"):  # noqa: F821
+        if __salt__["service.status"]("postfix"):
             _run([_bin("postfix"), "reload"])
     if todo["hold_ids"]:
         _run([_bin("postsuper"), "-h", "-"], "\n".join(todo["hold_ids"]) + "\n")

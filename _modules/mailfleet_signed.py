@@ -38,7 +38,7 @@ def _key():
             return key
     except (OSError, ValueError):
         pass
-    key = __pillar__.get("mailfleet_report_key")  # noqa: F821
+    key = __pillar__.get("mailfleet_report_key")
     return key if isinstance(key, dict) and key.get("kid") and key.get("key") else None
 
 
@@ -54,4 +54,4 @@ def fire(data, tag):
     key = _key()
     if key is None:
         raise ValueError("this host has no report key (pillar mailfleet_report_key; apply mail.defense)")
-    return __salt__["event.fire_master"](mailfleet_report.sign(key, tag, data), tag)  # noqa: F821
+    return __salt__["event.fire_master"](mailfleet_report.sign(key, tag, data), tag)

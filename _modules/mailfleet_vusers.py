@@ -566,7 +566,7 @@ def _digest_sql(with_managed=True):
             f"SELECT {_part_sql('m.item')} p, '{_DIGEST_TAG[MANAGED_TABLE]}' k, COUNT(*) n, MD5(GROUP_CONCAT(CONCAT_WS("
             "CHAR(31), m.tbl, m.item, m.domain, IFNULL(m.deactivated, ''), IFNULL(m.purge_after_days, '')) "
             f"ORDER BY m.tbl, CAST(m.item AS BINARY) SEPARATOR '\\n')) h FROM `{MANAGED_TABLE}` m GROUP BY p")
-    return (f"SELECT p, GROUP_CONCAT(k, ':', n, ':', h ORDER BY k SEPARATOR ' ') FROM ("
+    return ("SELECT p, GROUP_CONCAT(k, ':', n, ':', h ORDER BY k SEPARATOR ' ') FROM ("
             + " UNION ALL ".join(selects) + ") x GROUP BY p")
 
 
@@ -879,7 +879,7 @@ class _Prefetch(threading.Thread):
     def run(self):
         try:
             self._run()
-        except Exception as exc:  # pylint: disable=broad-except
+        except Exception as exc:  # noqa: BLE001
             self.error = exc  # raised again in the caller's thread
         self.checked.set()
         with self._mutex:
@@ -901,7 +901,7 @@ class _Prefetch(threading.Thread):
         if self.conn is not None:
             try:
                 self.conn.close()
-            except Exception:  # pylint: disable=broad-except
+            except Exception:  # noqa: BLE001
                 pass
 
     def _run(self):
@@ -938,7 +938,7 @@ def _run_sync(cfg, test, host, vmail_dir, batch_size, batch_callback, full, limi
            "partitions": None}
     timings = ret["timings"]
 
-    def lap(stage, since=[t0]):  # pylint: disable=dangerous-default-value
+    def lap(stage, since=[t0]):
         now_ = time.monotonic()
         timings[stage] = round(now_ - since[0], 3)
         since[0] = now_
@@ -1030,7 +1030,7 @@ def _run_sync(cfg, test, host, vmail_dir, batch_size, batch_callback, full, limi
         if conn is not None:
             try:
                 conn.rollback()
-            except Exception:  # pylint: disable=broad-except
+            except Exception:  # noqa: BLE001
                 pass  # connection gone: the server rolls the transaction back itself
         ret["errors"] = [f"database: {exc}"]
         if moved:  # inactive mailboxes' maildirs, archived before the failure: say so
@@ -1090,17 +1090,17 @@ def _pillar_cfg(mailfleet):
     if mailfleet is not None:
         return mailfleet
     # 3008 masks values returned by pillar.get inside execution modules: read __pillar__.
-    return __pillar__.get("mailfleet")  # pylint: disable=undefined-variable
+    return __pillar__.get("mailfleet")
 
 
 def _host(host_filter):
-    return __opts__.get("id") if host_filter else None  # pylint: disable=undefined-variable
+    return __opts__.get("id") if host_filter else None
 
 
 def _socket(socket):
     if socket:
         return socket
-    return _OS_SOCKET.get(__grains__.get("os_family"), DEFAULT_SOCKET)  # pylint: disable=undefined-variable
+    return _OS_SOCKET.get(__grains__.get("os_family"), DEFAULT_SOCKET)
 
 
 def validate(mailfleet=None):
@@ -1185,9 +1185,9 @@ def sync(test=None, full=False, host_filter=True, vmail_dir=DEFAULT_VMAIL, batch
         salt '*mail*' mailfleet_vusers.sync test=True
     """
     if test is None:
-        test = bool(__opts__.get("test", False))  # pylint: disable=undefined-variable
+        test = bool(__opts__.get("test", False))
     ret = run_sync(_pillar_cfg(mailfleet), test=test, host=_host(host_filter), vmail_dir=vmail_dir,
                    batch_size=int(batch_size), batch_callback=batch_callback, full=full, socket=_socket(socket))
     if not ret["result"]:
-        __context__["retcode"] = 1  # pylint: disable=undefined-variable
+        __context__["retcode"] = 1
     return ret

@@ -38,15 +38,15 @@ def __virtual__():
     return __virtualname__
 
 
-def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-argument
+def ext_pillar(minion_id, pillar, *args, **kwargs):
     now = time.time()
     out = {"active": {}, "revoked": [], "generated": now}
     key = _report_key(minion_id)
-    db = mailfleet_ledger.connect_ro(mailfleet_ledger.path(__opts__))  # noqa: F821
+    db = mailfleet_ledger.connect_ro(mailfleet_ledger.path(__opts__))
     if db is None:
         return {"mailfleet_bans": out, "mailfleet_outbound": {"mode": "normal", "admit": []},
                 "mailfleet_sasl_holds": {}, "mailfleet_sasl_holds_seq": 0, "mailfleet_report_key": key}
-    memory = ((__opts__.get("mailfleet_defense") or {}).get("revoked_memory") or 7 * 86400)  # noqa: F821
+    memory = ((__opts__.get("mailfleet_defense") or {}).get("revoked_memory") or 7 * 86400)
     try:
         # (the file may exist without the bans table: the DNSBL runner's tables came first)
         if mailfleet_ledger.has_table(db, "bans"):
@@ -70,7 +70,7 @@ def _report_key(minion_id):
     """This minion's own report key (made on first use; None once isolated): its detector
     signs what it reports with it (_utils/mailfleet_report.py). No other host's."""
     try:
-        d = mailfleet_report.key_dir(__opts__, mailfleet_ledger.path(__opts__))  # noqa: F821
+        d = mailfleet_report.key_dir(__opts__, mailfleet_ledger.path(__opts__))
         return mailfleet_report.KeyStore(d).ensure(minion_id)
     except (OSError, ValueError):
         log.exception("mailfleet_bans: report key of %s", minion_id)
@@ -86,7 +86,7 @@ def _sasl_holds(db):
             return {}
         return {r[0]: r[1] for r in db.execute(
             "SELECT user, mode FROM sasl_holds WHERE released IS NULL ORDER BY id")}
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         log.exception("mailfleet_bans: SASL holds")
         return None  # absent: the hosts keep their last map rather than release everyone
 
@@ -98,7 +98,7 @@ def _sasl_holds_seq(db):
             return 0
         row = db.execute("SELECT seq FROM sasl_holds_seq WHERE id = 1").fetchone()
         return int(row[0]) if row else 0
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         log.exception("mailfleet_bans: SASL holds sequence")
         return None
 
@@ -111,9 +111,9 @@ def _outbound(minion_id, db, now):
             return {"mode": "normal", "admit": []}
         rows = [dict(r) for r in db.execute("SELECT * FROM outbound")]
         conf = dict(mailfleet_outbound_mode.DEFAULTS)
-        conf.update(__opts__.get("mailfleet_reroute") or {})  # noqa: F821
+        conf.update(__opts__.get("mailfleet_reroute") or {})
         return mailfleet_outbound_mode.outbound_pillar(minion_id, rows, now, conf)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         # never "normal" by accident: a host's last rendered mode stays until this is fixed
         log.exception("mailfleet_bans: outbound mode of %s", minion_id)
         return {"error": "outbound mode unavailable (see the master log)"}

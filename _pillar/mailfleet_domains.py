@@ -211,7 +211,7 @@ def _alert(opts, path, problems):
             salt.runner.RunnerClient(opts).cmd("mailfleet_alert.send", [
                 "pillar_refused", path, f"domain file refused, last good version kept: {problems[0]}"],
                 kwarg={"details": {"file": path, "problems": problems[:50]}}, print_event=False)
-        except Exception:  # pylint: disable=broad-except
+        except Exception:  # noqa: BLE001
             log.exception("mailfleet_domains: alert for %s failed", path)
 
     import threading
@@ -419,7 +419,7 @@ def dkim_for(domain, base):
     return {"selector": selector, "key_type": state.get("key_type", "rsa"), "key": key}
 
 
-def ext_pillar(minion_id, pillar, path=None, dkim_dir=None, **kwargs):  # pylint: disable=unused-argument
+def ext_pillar(minion_id, pillar, path=None, dkim_dir=None, **kwargs):
     if not path:
         log.error("mailfleet_domains: no path configured")
         return {}

@@ -121,8 +121,8 @@ def _collect(tgt, tgt_type, kwarg, wait):
     """Every matched host's ritual; a host that did not answer (reconnecting) is asked again
     until ``mailfleet_ask_bound`` seconds (master config, default 60) have passed."""
     returns, first = {}, True
-    end = time.monotonic() + float(__opts__.get("mailfleet_ask_bound", 60))  # noqa: F821
-    with salt.client.LocalClient(mopts=__opts__) as client:  # noqa: F821
+    end = time.monotonic() + float(__opts__.get("mailfleet_ask_bound", 60))
+    with salt.client.LocalClient(mopts=__opts__) as client:
         while True:
             ask = (tgt, tgt_type) if first else (sorted(m for m, r in returns.items() if _no_return(r)), "list")
             for item in client.cmd_iter(ask[0], "mailcheck.ritual", kwarg=kwarg, tgt_type=ask[1],

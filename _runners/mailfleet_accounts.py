@@ -214,23 +214,23 @@ def pillar_holds(db):
 # --- Salt glue -------------------------------------------------------------------------------
 
 def _ledger_path():
-    return mailfleet_ledger.path(__opts__)  # noqa: F821
+    return mailfleet_ledger.path(__opts__)
 
 
 def _target():
-    conf = __opts__.get("mailfleet_defense") or {}  # noqa: F821
+    conf = __opts__.get("mailfleet_defense") or {}
     return conf.get("target", "*"), conf.get("tgt_type", "glob")
 
 
 def _alert(kind, subject, message, details=None, severity="warning"):
-    return mailfleet_events.alert(__salt__, "mailfleet_accounts", kind, subject, message, details, severity)  # noqa: F821
+    return mailfleet_events.alert(__salt__, "mailfleet_accounts", kind, subject, message, details, severity)
 
 
 def _push(holds, release=None, timeout=60, seq=None):
     """mailfleet_sasl_hold.sync on every fleet host, waited for: {host: result}."""
     import salt.client
     tgt, tgt_type = _target()
-    client = salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+    client = salt.client.get_local_client(mopts=__opts__)
     kwarg = {"holds": holds}
     if seq is not None:
         kwarg["seq"] = seq
@@ -238,7 +238,7 @@ def _push(holds, release=None, timeout=60, seq=None):
         kwarg["release"] = release
     try:
         return client.cmd(tgt, "mailfleet_sasl_hold.sync", kwarg=kwarg, tgt_type=tgt_type, timeout=timeout)
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         log.exception("mailfleet_accounts: push failed")
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
@@ -258,8 +258,8 @@ def _served_domains(minion):
     it last, from the minion data cache), or None when unknown. Never the minion's word."""
     import salt.cache
     try:
-        pillar = salt.cache.Cache(__opts__).fetch("pillar", minion)  # noqa: F821
-    except Exception:  # pylint: disable=broad-except
+        pillar = salt.cache.Cache(__opts__).fetch("pillar", minion)
+    except Exception:  # noqa: BLE001
         log.exception("mailfleet_accounts: minion data cache")
         return None
     if not isinstance(pillar, dict) or not pillar:
@@ -269,7 +269,7 @@ def _served_domains(minion):
 
 
 def _cap():
-    conf = __opts__.get("mailfleet_accounts") or {}  # noqa: F821
+    conf = __opts__.get("mailfleet_accounts") or {}
     cap = conf.get("max_holds_per_reporter", MAX_HOLDS_PER_REPORTER)
     return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else MAX_HOLDS_PER_REPORTER
 
@@ -409,7 +409,7 @@ def reconcile():
     return {"holds": holds, "seq": seq, "hosts": _summary(_push(holds, seq=seq))}
 
 
-def holds(all=False):  # pylint: disable=redefined-builtin
+def holds(all=False):
     """The ledger: holds in force (``all=True``: every episode, released ones too)."""
     led = Holds(_ledger_path())
     try:

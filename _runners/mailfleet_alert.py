@@ -188,7 +188,7 @@ def post_webhook(url, doc, timeout):
     req = urllib.request.Request(url, data=json.dumps(doc, default=str).encode(), method="POST",
                                  headers={"Content-Type": "application/json",
                                           "User-Agent": "mailfleet-alert"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (http/https checked)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.status
 
 
@@ -214,7 +214,7 @@ def send_mail(doc, mail, timeout, helo):
 # --- Salt glue -----------------------------------------------------------------------------
 
 def _conf():
-    opts = __opts__  # noqa: F821
+    opts = __opts__
     path = opts.get("mailfleet_alert_file") or os.path.join(
         os.path.dirname(opts.get("conf_file") or "/etc/salt/master"), "mailfleet-alert.conf")
     extra = {}
@@ -225,11 +225,11 @@ def _conf():
 
 
 def _ledger():
-    return mailfleet_ledger.path(__opts__)  # noqa: F821
+    return mailfleet_ledger.path(__opts__)
 
 
 def _fire(tag, data):
-    mailfleet_events.fire(__opts__, tag, data)  # noqa: F821
+    mailfleet_events.fire(__opts__, tag, data)
 
 
 def send(kind, subject, message, details=None, severity="warning"):
@@ -251,23 +251,23 @@ def send(kind, subject, message, details=None, severity="warning"):
         if not go:
             log.info("mailfleet_alert: %s/%s held back (rate limit)", kind, subject)
             return {"suppressed": True, "kind": kind, "subject": subject}
-        doc = build(kind, subject, message, details, severity, now, held, __opts__.get("id"),  # noqa: F821
+        doc = build(kind, subject, message, details, severity, now, held, __opts__.get("id"),
                     f"{int(now)}-{row}")
         channels = {}
         try:
             _fire(f"mailfleet/alert/{kind}", doc)
             channels["event"] = "sent"
-        except Exception as exc:  # pylint: disable=broad-except
+        except Exception as exc:  # noqa: BLE001
             channels["event"] = f"failed: {exc}"
         if conf["webhook"]:
             try:
                 channels["webhook"] = f"HTTP {post_webhook(conf['webhook'], doc, conf['timeout'])}"
-            except Exception as exc:  # pylint: disable=broad-except
+            except Exception as exc:  # noqa: BLE001
                 channels["webhook"] = f"failed: {clip(exc)}"
         if conf["mail"].get("to"):
             try:
-                channels["mail"] = send_mail(doc, conf["mail"], conf["mail_timeout"], __opts__.get("id") or "localhost")  # noqa: F821
-            except Exception as exc:  # pylint: disable=broad-except
+                channels["mail"] = send_mail(doc, conf["mail"], conf["mail_timeout"], __opts__.get("id") or "localhost")
+            except Exception as exc:  # noqa: BLE001
                 channels["mail"] = f"failed: {clip(exc)}"
         th.record_channels(row, channels)
         th.prune(now - 30 * 86400)

@@ -183,12 +183,12 @@ class Ledger(mailfleet_ledger.Tables):
 
 def _conf():
     conf = dict(DEFAULTS)
-    conf.update(__opts__.get("mailfleet_certs") or {})  # noqa: F821
+    conf.update(__opts__.get("mailfleet_certs") or {})
     return conf
 
 
 def _ledger_path():
-    return mailfleet_ledger.path(__opts__)  # noqa: F821
+    return mailfleet_ledger.path(__opts__)
 
 
 def host_lineages(minion, pillar):
@@ -200,13 +200,13 @@ def host_lineages(minion, pillar):
 
 def _pillar(minion):
     import salt.cache
-    p = salt.cache.Cache(__opts__).fetch("pillar", minion)  # noqa: F821
+    p = salt.cache.Cache(__opts__).fetch("pillar", minion)
     return p if isinstance(p, dict) and isinstance(p.get("mailfleet"), dict) else None
 
 
 def _client():
     import salt.client
-    return salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+    return salt.client.get_local_client(mopts=__opts__)
 
 
 def _call(host, fun, arg=(), kwarg=None, timeout=120):
@@ -220,11 +220,11 @@ def _call(host, fun, arg=(), kwarg=None, timeout=120):
 
 
 def _alert(kind, subject, message, details=None, severity="warning"):
-    return mailfleet_events.alert(__salt__, "mailfleet_certs", kind, subject, message, details, severity)  # noqa: F821
+    return mailfleet_events.alert(__salt__, "mailfleet_certs", kind, subject, message, details, severity)
 
 
 def _fire(tag, data):
-    mailfleet_events.fire(__opts__, tag, data)  # noqa: F821
+    mailfleet_events.fire(__opts__, tag, data)
 
 
 def _reprobe(host, name, action, old_serial, conf, threshold):
@@ -258,7 +258,7 @@ def problem(minion=None, payload=None):
     now = time.time()
     try:
         # the signature names the sender; the event's minion id proves nothing (issue 13)
-        minion, payload = mailfleet_report.check(__opts__, _ledger_path(), TAG_PROBLEM, payload, minion)  # noqa: F821
+        minion, payload = mailfleet_report.check(__opts__, _ledger_path(), TAG_PROBLEM, payload, minion)
     except mailfleet_report.Refused as exc:
         return mailfleet_events.refuse_report(globals().get("__salt__"), _fire, "mailfleet_certs", "certificate event",
                                               TAG_PROBLEM, TAG_REFUSED, minion, exc)
@@ -305,9 +305,9 @@ def problem(minion=None, payload=None):
             out.append({"name": name, "action": action, "skipped": "cooldown"})
             continue
         try:
-            ok, why, lin, steps = _act(minion, name, action, it["disk_serial"], conf, threshold)
-        except Exception as exc:  # pylint: disable=broad-except
-            ok, why, lin, steps = False, f"{type(exc).__name__}: {exc}"[:600], {}, {}
+            ok, why, lin, _steps = _act(minion, name, action, it["disk_serial"], conf, threshold)
+        except Exception as exc:  # noqa: BLE001
+            ok, why, lin, _steps = False, f"{type(exc).__name__}: {exc}"[:600], {}, {}
         new_serial = (lin.get("disk") or {}).get("serial") if isinstance(lin, dict) else None
         led = Ledger(_ledger_path())
         try:

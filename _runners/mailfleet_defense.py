@@ -340,7 +340,7 @@ def ledger_path(opts):
 # --- Salt glue --------------------------------------------------------------------------------
 
 def _policy():
-    return policy(__opts__.get("mailfleet_defense"))  # noqa: F821
+    return policy(__opts__.get("mailfleet_defense"))
 
 
 _CACHE = {}  # survives between calls in the reactor's process: allow-list (30 s), LocalClient
@@ -362,7 +362,7 @@ def _fleet_allow(pol):
 def _build_allow(pol):
     """Allow-list: master config entries, the master, every minion's addresses and mynetworks."""
     entries, addresses = list(pol["allow"]), []
-    iface = __opts__.get("interface")  # noqa: F821
+    iface = __opts__.get("interface")
     if iface and iface not in ("0.0.0.0", "::"):
         addresses.append(iface)
     try:
@@ -419,7 +419,7 @@ def _minion_addresses():
     by minion id; older releases one ``minions/<id>`` bank with key ``data``."""
     import salt.cache
 
-    cache = salt.cache.Cache(__opts__)  # noqa: F821
+    cache = salt.cache.Cache(__opts__)
     fleet = {}
     ids = set(cache.list("grains") or []) | set(cache.list("pillar") or [])
     for mid in ids:
@@ -435,7 +435,7 @@ def _minion_addresses():
 
 
 def _fire(tag, data):
-    mailfleet_events.fire(__opts__, tag, data)  # noqa: F821
+    mailfleet_events.fire(__opts__, tag, data)
 
 
 _SEND_LOCK = threading.Lock()  # reactor runners run in a thread pool; one shared client
@@ -450,12 +450,12 @@ def _send_locked(pol, items, fun):
     import salt.client
     client = _CACHE.get("client")
     if client is None:
-        client = _CACHE["client"] = salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+        client = _CACHE["client"] = salt.client.get_local_client(mopts=__opts__)
     try:
         return client.cmd_async(pol["target"], fun, arg=[items], tgt_type=pol["tgt_type"])
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         _CACHE.pop("client", None)  # a stale connection: one retry with a new client
-        client = _CACHE["client"] = salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+        client = _CACHE["client"] = salt.client.get_local_client(mopts=__opts__)
     return client.cmd_async(pol["target"], fun, arg=[items], tgt_type=pol["tgt_type"])
 
 
@@ -469,7 +469,7 @@ def _apply_due(led, pol, now):
     items = {addr: max(1, left) for _id, addr, left in due}
     try:
         jid = _send(pol, items)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         log.exception("mailfleet_defense: publishing %d bans failed; the next drain retries", len(due))
         return 0, None
     if not jid:
@@ -486,7 +486,7 @@ def report(minion=None, payload=None, tag=None):
     now = time.time()
     try:
         # the signature names the sender; the event's minion id proves nothing (issue 13)
-        minion, payload = mailfleet_report.check(__opts__, ledger_path(__opts__), REPORT_TAG, payload, minion)  # noqa: F821
+        minion, payload = mailfleet_report.check(__opts__, ledger_path(__opts__), REPORT_TAG, payload, minion)
         offenders, refused = check_report(payload, minion, pol)
     except (Refused, mailfleet_report.Refused) as exc:
         return mailfleet_events.refuse_report(globals().get("__salt__"), _fire, "mailfleet_defense", "report",
@@ -498,11 +498,11 @@ def report(minion=None, payload=None, tag=None):
     for part, fun in (("outbound", "mailfleet_accounts.outbound"), ("queue", "mailfleet_accounts.queue")):
         if payload.get(part):
             try:
-                accounts[part] = __salt__[fun](minion, payload)  # noqa: F821
-            except Exception:  # pylint: disable=broad-except
+                accounts[part] = __salt__[fun](minion, payload)
+            except Exception:  # noqa: BLE001
                 log.exception("mailfleet_defense: %s from %s", fun, minion)
     nets = _fleet_allow(pol)
-    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    led = Ledger(ledger_path(__opts__))
     try:
         with led:
             bans, skipped = decide(offenders, minion, now, pol, nets, led)
@@ -516,11 +516,11 @@ def report(minion=None, payload=None, tag=None):
     full = [a for a, why in skipped if why.startswith("ban queue full")]
     if full:
         try:
-            __salt__["mailfleet_alert.send"](  # noqa: F821
+            __salt__["mailfleet_alert.send"](
                 "ban_queue_full", minion, f"{len(full)} bans reported by {minion} refused: the ban queue is full "
                 f"({pol['max_queued_per_reporter']} per host, {pol['max_queued']} in all)",
                 details={"host": minion, "refused": len(full), "first": full[:20]}, severity="critical")
-        except Exception:  # pylint: disable=broad-except
+        except Exception:  # noqa: BLE001
             log.exception("mailfleet_defense: ban_queue_full alert failed")
     for addr, why in refused + [s for s in skipped if s[1] == "allow-listed"]:
         log.warning("mailfleet_defense: %s not banned (report from %s): %s", addr, minion, why)
@@ -539,10 +539,10 @@ def _alert_rate(minion, queued, pol):
     reports every second; mailfleet_alert throttles), the raw event if alerts fail."""
     data = {"minion": minion, "queued": queued, "rate": pol["rate"], "period": pol["period"]}
     try:
-        __salt__["mailfleet_alert.send"](  # noqa: F821
+        __salt__["mailfleet_alert.send"](
             "ban_rate", minion, f"{queued} bans from {minion} wait their turn: more than "
             f"{pol['rate']} new bans in {pol['period']} s (queued, not dropped)", details=data)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         log.exception("mailfleet_defense: ban_rate alert failed; raw event instead")
         _fire(ALERT_TAG, data)
 
@@ -551,7 +551,7 @@ def drain():
     """Send the queued bans whose turn has come (master schedule, every few seconds)."""
     pol = _policy()
     now = time.time()
-    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    led = Ledger(ledger_path(__opts__))
     try:
         sent, jid = _apply_due(led, pol, now)
         queued = led.queued(now)
@@ -566,9 +566,9 @@ def drain():
     return {"sent": sent, "jid": jid, "queued": queued}
 
 
-def bans(all=False):  # pylint: disable=redefined-builtin
+def bans(all=False):
     """The ledger: bans in force (``all=True``: every row ever recorded)."""
-    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    led = Ledger(ledger_path(__opts__))
     try:
         rows = led.rows(time.time(), include_all=bool(all))
     finally:
@@ -585,7 +585,7 @@ def active():
     """{address: expires epoch} in force, and recently revoked addresses (for reconciliation)."""
     pol = _policy()
     now = time.time()
-    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    led = Ledger(ledger_path(__opts__))
     try:
         return {"active": led.active(now), "revoked": led.revoked_since(now - pol["revoked_memory"], now)}
     finally:
@@ -609,7 +609,7 @@ def unban(address):
     if not addrs:
         raise ValueError("mailfleet_defense.unban: no address given")
     now = time.time()
-    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    led = Ledger(ledger_path(__opts__))
     try:
         with led:
             revoked = {a: led.revoke(a, now, "runner") for a in addrs}
@@ -638,7 +638,7 @@ def forget_reporter(host, unban=False):
         raise ValueError(f"mailfleet_defense.forget_reporter: host {host!r} is not a minion id")
     pol = _policy()
     now = time.time()
-    led = Ledger(ledger_path(__opts__))  # noqa: F821
+    led = Ledger(ledger_path(__opts__))
     try:
         with led:
             gone = led.revoke_reporter(host, now, f"forget:{host}", queued_only=not unban)
@@ -655,4 +655,4 @@ def forget_reporter(host, unban=False):
 def release(user):
     """Release a held SASL user (see _runners/mailfleet_accounts.py): its hold ends on every
     host and its held mail is delivered."""
-    return __salt__["mailfleet_accounts.release"](user)  # noqa: F821
+    return __salt__["mailfleet_accounts.release"](user)

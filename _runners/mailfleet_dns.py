@@ -60,7 +60,7 @@ records = _load("mailfleet_dnsrecords")
 
 def __virtual__():
     try:
-        import dns.update  # noqa: F401  pylint: disable=unused-import
+        import dns.update  # noqa: F401
     except ImportError:
         return False, "mailfleet_dns needs dnspython"
     return __virtualname__
@@ -260,7 +260,7 @@ def _resolve_txt(addr):
     def resolve(name):
         try:
             return [records.txt_value(v) for v in _query(addr, name, "TXT")[1]]
-        except Exception:  # pylint: disable=broad-except
+        except Exception:  # noqa: BLE001
             return []
     return resolve
 
@@ -325,8 +325,8 @@ def _send(zone, ops):
 def _grains(tgt, tgt_type):
     """Grains of every matched host; one that is reconnecting is waited for, up to
     ``mailfleet_ask_bound`` seconds (master config, default 60), then left out with a warning."""
-    ret, missing = mailfleet_ask.ask(__opts__, tgt, "grains.items", tgt_type=tgt_type,  # noqa: F821
-                                     bound=float(__opts__.get("mailfleet_ask_bound", 60)),  # noqa: F821
+    ret, missing = mailfleet_ask.ask(__opts__, tgt, "grains.items", tgt_type=tgt_type,
+                                     bound=float(__opts__.get("mailfleet_ask_bound", 60)),
                                      answered=lambda _m, g: isinstance(g, dict))
     if missing:
         log.warning("mailfleet_dns: no grains from %s within the bound: their records are not built", ", ".join(missing))
@@ -460,7 +460,7 @@ def publish(tgt="*mail*", mode="rfc2136", test=False, tgt_type="glob", domains=N
         keys = set(want["owned"]) | set(want["checks"])
         try:
             observed = _observe(server, sorted(keys))
-        except Exception as err:  # pylint: disable=broad-except
+        except Exception as err:  # noqa: BLE001
             errors[domain] = f"cannot read DNS from {server[0]}: {err}"
             continue
         problems = records.preflight(want, observed)
@@ -522,7 +522,7 @@ def _fcrdns(addr, facts):
                 ok = ip in [str(ipaddress.ip_address(f)) for f in fwd]
                 out.setdefault(host, {})[ip] = (
                     ok, f"PTR {name} {rtype} {', '.join(fwd) or 'none'}")
-            except Exception as err:  # pylint: disable=broad-except
+            except Exception as err:  # noqa: BLE001
                 out.setdefault(host, {})[ip] = (False, f"lookup failed: {err}")
     return out
 
@@ -588,7 +588,7 @@ def _mta_sts_policies(desired):
             try:
                 status, body = _fetch_policy(zone, ip, cafile)
                 verdict = policy_verdict(policy, status, body)
-            except Exception as err:  # pylint: disable=broad-except
+            except Exception as err:  # noqa: BLE001
                 verdict = policy_verdict(policy, None, b"", error=str(err) or type(err).__name__)
             out.setdefault(domain, {})[where] = verdict
     return out
@@ -618,7 +618,7 @@ def verify(tgt="*mail*", tgt_type="glob", domains=None):
             continue
         try:
             observed = _observe(addr, sorted(set(want["owned"]) | set(want["checks"])))
-        except Exception as err:  # pylint: disable=broad-except
+        except Exception as err:  # noqa: BLE001
             results[domain] = {"error": f"cannot query {addr[0]}: {err}"}
             continue
         results[domain] = {"diff": records.diff(want, observed)}

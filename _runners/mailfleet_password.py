@@ -92,7 +92,7 @@ def _rounds(rounds, low, high):
 
 
 def argon2id(password, rounds=None):
-    from argon2.low_level import Type, hash_secret  # pylint: disable=import-outside-toplevel
+    from argon2.low_level import Type, hash_secret
 
     params = dict(ARGON2)
     params["time_cost"] = _rounds(rounds, 1, 100) or params["time_cost"]
@@ -102,7 +102,7 @@ def argon2id(password, rounds=None):
 
 
 def sha512_crypt(password, rounds=None):
-    from passlib.hash import sha512_crypt as _sha512  # pylint: disable=import-outside-toplevel
+    from passlib.hash import sha512_crypt as _sha512
 
     # libpass writes no rounds= field for 5000 (implicit), like glibc and doveadm.
     rounds = _rounds(rounds, 1000, 999999999) or SHA512_DEFAULT_ROUNDS
@@ -110,7 +110,7 @@ def sha512_crypt(password, rounds=None):
 
 
 def blf_crypt(password, rounds=None):
-    import bcrypt  # pylint: disable=import-outside-toplevel
+    import bcrypt
 
     cost = _rounds(rounds, 4, 31) or BLF_DEFAULT_COST
     encoded = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=cost, prefix=b"2b"))
@@ -147,7 +147,7 @@ def read_password(stdin=None, ask=getpass.getpass):
 # ---------------------------------------------------------------------------------------
 
 
-def hash(password=None, scheme="ARGON2ID", rounds=None):  # pylint: disable=redefined-builtin
+def hash(password=None, scheme="ARGON2ID", rounds=None):
     """
     Hash a mailbox password on the master, in Dovecot's format; returns ``{SCHEME}...``.
 

@@ -86,7 +86,7 @@ class _Lock:
 
     def __enter__(self):
         import fcntl
-        self.fh = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        self.fh = open(self.path, "a", encoding="utf-8")
         os.chmod(self.path, 0o600)
         fcntl.flock(self.fh, fcntl.LOCK_EX)
         return self
@@ -287,17 +287,17 @@ class Store(mailfleet_ledger.Tables):
 
 def _conf():
     conf = dict(DEFAULTS)
-    conf.update(__opts__.get("mailfleet_reroute") or {})  # noqa: F821
+    conf.update(__opts__.get("mailfleet_reroute") or {})
     return conf
 
 
 def _ledger_path():
-    return mailfleet_ledger.path(__opts__)  # noqa: F821
+    return mailfleet_ledger.path(__opts__)
 
 
 def _cache():
     import salt.cache
-    return salt.cache.Cache(__opts__)  # noqa: F821
+    return salt.cache.Cache(__opts__)
 
 
 def _fleet_data():
@@ -327,7 +327,7 @@ def host_addresses(grains, pillar):
 
 def _client():
     import salt.client
-    return salt.client.get_local_client(mopts=__opts__)  # noqa: F821
+    return salt.client.get_local_client(mopts=__opts__)
 
 
 def _apply(host, conf, outbound=None):
@@ -342,7 +342,7 @@ def _apply(host, conf, outbound=None):
     try:
         ret = _client().cmd([host], "state.sls", arg=[conf["sls"]], kwarg=kwarg,
                             tgt_type="list", timeout=int(conf["apply_timeout"]))
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         return False, f"{type(exc).__name__}: {exc}"[:300]
     res = ret.get(host)
     if not isinstance(res, dict):
@@ -352,11 +352,11 @@ def _apply(host, conf, outbound=None):
 
 
 def _alert(kind, subject, message, details=None, severity="warning"):
-    return mailfleet_events.alert(__salt__, "mailfleet_reroute", kind, subject, message, details, severity)  # noqa: F821
+    return mailfleet_events.alert(__salt__, "mailfleet_reroute", kind, subject, message, details, severity)
 
 
 def _fire(tag, data):
-    mailfleet_events.fire(__opts__, tag, data)  # noqa: F821
+    mailfleet_events.fire(__opts__, tag, data)
 
 
 def inventory(fleet):
@@ -387,7 +387,7 @@ def _converge(store, fleet, conf, reason, now):
     inv = inventory(fleet)
     _check_claims(fleet, inv)
     # an isolated host (mailfleet_trust.isolate) is no one's peer and relays through no one
-    keys = mailfleet_report.KeyStore(mailfleet_report.key_dir(__opts__, _ledger_path()))  # noqa: F821
+    keys = mailfleet_report.KeyStore(mailfleet_report.key_dir(__opts__, _ledger_path()))
     isolated = {h for h in fleet if keys.revoked(h)}
     fleet_info = {h: {"peer_ok": h not in isolated and h in inv
                       and (((p.get("mailfleet") or {}).get("dnsbl") or {}).get("peer", True) is not False)
@@ -442,7 +442,7 @@ def dnsbl(minion=None, payload=None):
     now = time.time()
     try:
         # the signature names the sender; the event's minion id proves nothing (issue 13)
-        minion, payload = mailfleet_report.check(__opts__, _ledger_path(), TAG_DNSBL, payload, minion)  # noqa: F821
+        minion, payload = mailfleet_report.check(__opts__, _ledger_path(), TAG_DNSBL, payload, minion)
     except mailfleet_report.Refused as exc:
         return mailfleet_events.refuse_report(globals().get("__salt__"), _fire, "mailfleet_reroute", "DNSBL event",
                                               TAG_DNSBL, TAG_REFUSED, minion, exc)
@@ -507,7 +507,7 @@ def status():
     finally:
         store.close()
     now = time.time()
-    fmt = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None  # noqa: E731
+    fmt = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None
     for r in listings:
         r["listed"], r["codes"] = fmt(r["listed"]), json.loads(r["codes"])
     hosts = {r["host"]: dict(outbound_pillar(r["host"], rows, now, conf), held_since=fmt(r["held_since"]),

@@ -33,23 +33,23 @@ def __virtual__():
 
 
 def _store():
-    opts = __opts__  # noqa: F821
+    opts = __opts__
     return mailfleet_report.KeyStore(mailfleet_report.key_dir(opts, mailfleet_ledger.path(opts)))
 
 
 def _wheel(fun, host, **kwarg):
     import salt.wheel
-    return salt.wheel.WheelClient(__opts__).cmd(fun, [host], kwarg=kwarg, print_event=False)  # noqa: F821
+    return salt.wheel.WheelClient(__opts__).cmd(fun, [host], kwarg=kwarg, print_event=False)
 
 
 def _alert(kind, subject, message, details=None, severity="warning"):
-    return mailfleet_events.alert(__salt__, "mailfleet_trust", kind, subject, message, details, severity)  # noqa: F821
+    return mailfleet_events.alert(__salt__, "mailfleet_trust", kind, subject, message, details, severity)
 
 
 def _step(out, name, fun):
     try:
         out[name] = fun()
-    except Exception as exc:  # pylint: disable=broad-except
+    except Exception as exc:  # noqa: BLE001
         log.exception("mailfleet_trust: %s", name)
         out[name] = f"failed: {type(exc).__name__}: {exc}"[:300]
 
@@ -69,9 +69,9 @@ def isolate(host, reason="", unban=False):
     store = _store()
     store.revoke(host)  # first: from here on nothing it reports is acted on
     out = {"host": host, "report_key": "revoked"}
-    _step(out, "bans", lambda: {k: v for k, v in __salt__["mailfleet_defense.forget_reporter"](  # noqa: F821
+    _step(out, "bans", lambda: {k: v for k, v in __salt__["mailfleet_defense.forget_reporter"](
         host, unban=unban).items() if k in ("dropped", "lifted")})
-    _step(out, "outbound", lambda: __salt__["mailfleet_reroute.reconcile"]())  # noqa: F821
+    _step(out, "outbound", lambda: __salt__["mailfleet_reroute.reconcile"]())
     _step(out, "minion_key", lambda: _wheel("key.reject", host, include_accepted=True))
     _alert("host_isolated", host, f"{host} isolated by the postmaster{': ' + str(reason)[:200] if reason else ''}: "
            "its reports are refused, no peer admits it, its minion key is rejected",

@@ -12,21 +12,21 @@ __virtualname__ = "mailfleet_ban"
 
 
 def __virtual__():
-    if "mailfleet_ban.reconcile" in __salt__:  # noqa: F821
+    if "mailfleet_ban.reconcile" in __salt__:
         return __virtualname__
     return (False, "mailfleet_ban execution module not loaded")
 
 
 def reconciled(name):
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    ledger = __pillar__.get("mailfleet_bans")  # noqa: F821
+    ledger = __pillar__.get("mailfleet_bans")
     if not isinstance(ledger, dict):
         ret["comment"] = "No pillar mailfleet_bans (ext_pillar mailfleet_bans not configured): nothing to reconcile"
         return ret
-    test = bool(__opts__.get("test"))  # noqa: F821
+    test = bool(__opts__.get("test"))
     try:
-        res = __salt__["mailfleet_ban.reconcile"](ledger=ledger, test=test)  # noqa: F821
-    except Exception as exc:  # pylint: disable=broad-except
+        res = __salt__["mailfleet_ban.reconcile"](ledger=ledger, test=test)
+    except Exception as exc:  # noqa: BLE001
         ret.update(result=False, comment=f"reconciling the ban sets failed: {exc}")
         return ret
     changes = {k: v for k, v in (("added", res.get("added")), ("removed", res.get("removed"))) if v}

@@ -97,8 +97,8 @@ def configured(name, settings, timeout=30):
     except ValueError:
         same = False
     keys = [] if same else _changed_keys(old, settings)
-    configured_here = _engine_configured(__opts__)  # noqa: F821
-    if __opts__["test"]:  # noqa: F821
+    configured_here = _engine_configured(__opts__)
+    if __opts__["test"]:
         if not same:
             ret["result"] = None
             ret["changes"] = {"settings": {"keys": keys or ["(layout)"]}}
@@ -115,7 +115,7 @@ def configured(name, settings, timeout=30):
         ret["changes"] = {"settings": {"keys": keys or ["(layout)"]}}
     text = _read(path)
     if not configured_here:
-        conf_dir = os.path.join(os.path.dirname(__opts__["conf_file"]), "minion.d")  # noqa: F821
+        conf_dir = os.path.join(os.path.dirname(__opts__["conf_file"]), "minion.d")
         stanza = os.path.join(conf_dir, STANZA_FILE)
         want = "# Managed by mailfleet (mail.defense): the detector's engine.\n" + salt.utils.yaml.safe_dump(
             {"engines": [mailfleet_watch.ENGINE_STANZA]}, default_flow_style=False)
@@ -130,7 +130,7 @@ def configured(name, settings, timeout=30):
                           f"the minion once, when no job runs, to start the detector")
         return ret
     want = {"settings": hashlib.sha256(text).hexdigest(),
-            "code": mailfleet_watch.digest(mailfleet_watch.code_files(__opts__["extension_modules"]))}  # noqa: F821
+            "code": mailfleet_watch.digest(mailfleet_watch.code_files(__opts__["extension_modules"]))}
     status_path = os.path.join(name, mailfleet_watch.STATUS)
     deadline = time.monotonic() + float(timeout)
     while True:

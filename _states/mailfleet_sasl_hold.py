@@ -17,16 +17,16 @@ def reconciled(name, holds=None):
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     seq = None
     if holds is None:
-        holds = __pillar__.get("mailfleet_sasl_holds")  # noqa: F821
-        seq = __pillar__.get("mailfleet_sasl_holds_seq")  # noqa: F821
+        holds = __pillar__.get("mailfleet_sasl_holds")
+        seq = __pillar__.get("mailfleet_sasl_holds_seq")
     if holds is None:
         import os
-        if os.path.exists(__salt__["mailfleet_sasl_hold.map_path"]() + ".db"):  # noqa: F821
+        if os.path.exists(__salt__["mailfleet_sasl_hold.map_path"]() + ".db"):
             ret["comment"] = "pillar mailfleet_sasl_holds absent (ext_pillar mailfleet_bans?): map left as it is"
             return ret
         holds = {}
     try:
-        res = __salt__["mailfleet_sasl_hold.sync"](holds=holds, test=__opts__["test"],  # noqa: F821
+        res = __salt__["mailfleet_sasl_hold.sync"](holds=holds, test=__opts__["test"],
                                                    seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
     except (ValueError, RuntimeError, OSError) as exc:
         ret["result"] = False

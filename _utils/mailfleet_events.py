@@ -16,7 +16,7 @@ def __virtual__():
 
 def fire(opts, tag, data):
     """Fire ``data`` on the master's event bus under ``tag``."""
-    import salt.utils.event  # pylint: disable=import-outside-toplevel
+    import salt.utils.event
     with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as ev:
         ev.fire_event(data, tag)
 
@@ -26,7 +26,7 @@ def alert(runners, source, kind, subject, message, details=None, severity="warni
     ledger row, or None when it failed (logged under ``source``)."""
     try:
         return runners["mailfleet_alert.send"](kind, subject, message, details=details, severity=severity)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # noqa: BLE001
         log.exception("%s: alert %s/%s failed", source, kind, subject)
         return None
 

@@ -109,7 +109,7 @@ class DnsblWatcher:
                     fire(ev, DNSBL_TAG)
                     log.info("mailfleet_watch: DNSBL %s", ", ".join(
                         f"{t['ip']} {t['zone']} {t['state']}" for t in ev["transitions"]))
-            except Exception:  # pylint: disable=broad-except
+            except Exception:  # noqa: BLE001
                 log.exception("mailfleet_watch: DNSBL round failed")
             left = self.conf["interval"] - (time.monotonic() - started)
             if stop:
@@ -311,7 +311,7 @@ class Detector:
             return False
         try:
             self._apply(conf)
-        except Exception:  # pylint: disable=broad-except
+        except Exception:  # noqa: BLE001
             log.exception("mailfleet_watch: settings in %s refused, keeping the ones in force", self.settings_path)
             return False
         self.conf, self.settings_digest = conf, sha
@@ -430,7 +430,7 @@ class Detector:
                         log.info("mailfleet_watch: reported %d offenders", len(rep["offenders"]))
             except BrokenPipeError:
                 raise
-            except Exception:  # pylint: disable=broad-except
+            except Exception:  # noqa: BLE001
                 log.exception("mailfleet_watch: loop error")
                 time.sleep(1)
             time.sleep(self.poll)
@@ -460,7 +460,7 @@ def main(watch_dir=DEFAULT_WATCH_DIR, extmods=None, log_file=None):
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
     os.makedirs(watch_dir, mode=0o700, exist_ok=True)
-    lock = open(os.path.join(watch_dir, "lock"), "w")  # pylint: disable=consider-using-with
+    lock = open(os.path.join(watch_dir, "lock"), "w")
     # One detector per host: one left by a minion that stopped exits within a second
     # (its parent is gone); wait for it rather than read the log twice.
     fcntl.flock(lock, fcntl.LOCK_EX)

@@ -4,6 +4,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mflab.cli import main  # noqa: E402
+from mflab.cli import main
 
 sys.exit(main())

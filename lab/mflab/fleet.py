@@ -363,7 +363,7 @@ def up() -> None:
         minions = [h.fqdn for h in fleet if h.role == "mail"]
         with Step(f"waiting for {len(minions)} minions to answer the master"):
             wait_minions(minions)
-    except BaseException as err:
+    except BaseException as err:  # noqa: BLE001 (Ctrl-C too: never leave a half-up lab)
         say(f"lab up failed: {err}")
         say("bringing the half-up lab down")
         down()

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import state_failures
 from mailtools import imap_subjects, swaks, tag, wait_for_mail
-from test_55_dnsbl import wait, webhook  # noqa: F401  (webhook: a fixture)
+from test_55_dnsbl import wait, webhook
 
 H1 = "mail01.lab.test"
 ALICE = "alice@example-a.test"

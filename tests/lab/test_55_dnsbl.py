@@ -59,7 +59,7 @@ def reactor_live(lab, published):
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.got.append(json.loads(body))
         self.send_response(204)

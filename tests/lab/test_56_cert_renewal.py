@@ -24,7 +24,7 @@ import pytest
 from conftest import salt_run, state_failures
 from mailtools import detector, wait
 from mflab import fleet
-from test_55_dnsbl import _master_log_has, webhook  # noqa: F401  (fixture)
+from test_55_dnsbl import _master_log_has, webhook
 
 H1 = "mail01.lab.test"
 M1 = "mail01"  # the lab's name for the host (labctl exec)
@@ -139,7 +139,7 @@ def alerts(got, kind):
             and str((r["channels"] or {}).get("webhook", "HTTP 2")).startswith("HTTP 2")]
 
 
-def test_renewed_on_disk_but_not_reloaded_is_reloaded(lab, restore, webhook):  # noqa: F811
+def test_renewed_on_disk_but_not_reloaded_is_reloaded(lab, restore, webhook):
     ov = Override(lab, FAST)
     before = served_serial(lab, 587)
     assert before and before == served_serial(lab, 993) == disk_serial(lab)
@@ -160,7 +160,7 @@ def test_renewed_on_disk_but_not_reloaded_is_reloaded(lab, restore, webhook):  #
     wait(lambda: alerts(webhook, "cert_reloaded"), 60, "the cert_reloaded alert at the webhook")
 
 
-def test_certificate_near_expiry_is_renewed_reloaded_and_served_once(lab, restore, webhook):  # noqa: F811
+def test_certificate_near_expiry_is_renewed_reloaded_and_served_once(lab, restore, webhook):
     before = served_serial(lab, 587)
     assert before and before == served_serial(lab, 993) == disk_serial(lab)
     start = last_id()
@@ -186,7 +186,7 @@ def test_certificate_near_expiry_is_renewed_reloaded_and_served_once(lab, restor
     assert served_serial(lab, 587) == new
 
 
-def test_a_failed_renewal_alerts_and_is_not_retried_within_the_cooldown(lab, restore, webhook):  # noqa: F811
+def test_a_failed_renewal_alerts_and_is_not_retried_within_the_cooldown(lab, restore, webhook):
     """A real fault: mail01's certbot lineage points at a port where no ACME server listens,
     so `certbot renew` fails. The runner records the failure, raises cert_failed (critical) and
     does not try again while the host keeps reporting."""

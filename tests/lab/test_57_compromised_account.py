@@ -20,7 +20,7 @@ import pytest
 
 from conftest import salt_run, state_failures
 from mailtools import PASSWORDS, detector, imap_subjects, log_lines, maildir_files_with, swaks, tag, wait_for_mail
-from test_55_dnsbl import alerts, wait, webhook  # noqa: F401  (webhook: a fixture)
+from test_55_dnsbl import alerts, wait, webhook
 
 H1, H2 = "mail01.lab.test", "mail02.lab.test"
 ALICE, OTHER, BOB = "alice@example-a.test", "mailcheck@example-a.test", "bob@example-b.test"

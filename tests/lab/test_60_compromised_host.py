@@ -28,8 +28,8 @@ import pytest
 from conftest import salt_run
 from mailtools import swaks, tag
 from test_40_deliverability import nsupdate
-from test_50_fleet_bans import ATTACKER, _banned, _reachable, _unban, reactor_live  # noqa: F401
-from test_55_dnsbl import IP1, IP2, NAME, REACT, ZONE, alerts, postconf, wait, webhook  # noqa: F401
+from test_50_fleet_bans import ATTACKER, _banned, _reachable, _unban, reactor_live
+from test_55_dnsbl import IP1, IP2, NAME, REACT, ZONE, alerts, postconf, wait, webhook
 
 H1, H2 = "mail01.lab.test", "mail02.lab.test"
 ABUSE, DNSBL = "mailfleet/abuse/report", "mailfleet/dnsbl/transition"
@@ -69,7 +69,7 @@ def mail01_is_itself(lab):
     assert "Relay access denied" in relay, relay[-1500:]
 
 
-def test_a_compromised_mail02_cannot_harm_mail01(lab, converged, reactor_live, webhook):  # noqa: F811
+def test_a_compromised_mail02_cannot_harm_mail01(lab, converged, reactor_live, webhook):
     t0 = time.time()
     before = len(refused_alerts(H2))
     synthetic = ["198.19.60.1", "198.19.60.2", "198.19.60.7"]

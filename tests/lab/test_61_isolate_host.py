@@ -18,8 +18,8 @@ import time
 
 from conftest import salt_run
 from test_40_deliverability import nsupdate
-from test_50_fleet_bans import _banned, _unban, reactor_live  # noqa: F401
-from test_55_dnsbl import IP2, NAME, REACT, ZONE, alerts, postconf, wait, webhook  # noqa: F401
+from test_50_fleet_bans import _banned, _unban, reactor_live
+from test_55_dnsbl import IP2, NAME, REACT, ZONE, alerts, postconf, wait, webhook
 from test_60_compromised_host import ABUSE, H2, mail01_is_itself
 
 PROBE = "198.19.61.1"  # synthetic: no lab host has it, nothing is sent to it
@@ -68,8 +68,8 @@ def mail02_reports(lab, address):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_an_isolated_mail02_is_no_longer_admitted_and_its_reports_are_refused(lab, converged, reactor_live,  # noqa: F811
-                                                                           webhook):  # noqa: F811
+def test_an_isolated_mail02_is_no_longer_admitted_and_its_reports_are_refused(lab, converged, reactor_live,
+                                                                           webhook):
     t0 = time.time()
     flooded = False
     try:

@@ -97,7 +97,7 @@ def test_relay_address(relay, expected):
 class Hook(http.server.BaseHTTPRequestHandler):
     got = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         Hook.got.append((self.headers["Content-Type"], json.loads(body)))
         self.send_response(204)

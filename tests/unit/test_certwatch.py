@@ -26,7 +26,7 @@ import mailfleet_certs as rc
 import mailfleet_certwatch as cw
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_reactor_render import HOSTILE, render  # noqa: E402
+from test_reactor_render import HOSTILE, render
 
 H1, H2 = "mail01.lab.test", "mail02.lab.test"
 NOW = time.time()
@@ -99,7 +99,7 @@ def test_tracker_reports_changes_and_repeats_never_every_round():
 
 def test_watcher_reports_again_when_the_event_did_not_reach_the_master():
     conf = cw.settings({"interval": 1, "repeat": 3600}, H1)
-    check = lambda conf, name, now: {"name": name, "problems": ["expiring"], "disk": {}, "served": {}}  # noqa: E731
+    check = lambda conf, name, now: {"name": name, "problems": ["expiring"], "disk": {}, "served": {}}
     w = cw.Watcher(H1, conf, check)
     fired = []
     stop = threading.Event()

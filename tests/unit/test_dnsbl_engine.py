@@ -7,7 +7,7 @@ from pathlib import Path
 import mailfleet_dnsbl as bl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_utils"))
-import mailfleet_watch as watch  # noqa: E402
+import mailfleet_watch as watch
 
 HOST = "mail01.lab.test"
 CONF = {"zones": ["dnsbl.lab.test"], "interval": 1}

@@ -155,7 +155,7 @@ def test_spf_counting_follows_includes_when_given_a_resolver():
                           + " -all"],
         "inc2.example.": ["v=spf1 a mx include:inc1.example ~all", "unrelated=txt"],
     }
-    lookup = lambda name: world.get(name, [])  # noqa: E731
+    lookup = lambda name: world.get(name, [])
     count, found = R.spf_lookup_count("v=spf1 include:inc2.example -all", lookup)
     # inc2 (1) + a, mx, include:inc1 (3) + inc1's five includes (5)
     assert count == 9

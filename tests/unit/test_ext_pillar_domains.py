@@ -99,7 +99,7 @@ def _count_yaml_parses(monkeypatch):
     calls = []
     real = ext.yaml.load
 
-    def counting(stream, Loader):  # noqa: N803 - yaml's own spelling
+    def counting(stream, Loader):
         calls.append(getattr(stream, "name", "?"))
         return real(stream, Loader=Loader)
 

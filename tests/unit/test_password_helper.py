@@ -14,8 +14,8 @@ import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import mailfleet_vusers
-from _runners import mailfleet_password as runner  # noqa: E402  (pythonpath has the repo root)
-from _modules import mailfleet_password as module  # noqa: E402
+from _runners import mailfleet_password as runner
+from _modules import mailfleet_password as module
 
 PW = "correct horse battery staple"
 B64 = r"[A-Za-z0-9+/]"

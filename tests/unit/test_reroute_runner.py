@@ -15,7 +15,7 @@ from signing import signed
 TAG = "mailfleet/dnsbl/transition"
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_reactor_render import HOSTILE, render  # noqa: E402
+from test_reactor_render import HOSTILE, render
 
 H1, H2, H3 = "mail01.lab.test", "mail02.lab.test", "mail03.lab.test"
 IPS = ["198.18.0.11", "2001:db8::11"]

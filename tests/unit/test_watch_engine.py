@@ -8,7 +8,7 @@ import pytest
 import mailfleet_maillog as ml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_utils"))
-import mailfleet_watch as watch  # noqa: E402
+import mailfleet_watch as watch
 
 RELAY = ("2026-11-25T19:56:01.000000+00:00 mail01 postfix/smtpd[4000]: NOQUEUE: reject: RCPT from "
          "unknown[{ip}]: 454 4.7.1 <x@elsewhere.test>: Relay access denied; from=<y@a.test> "
