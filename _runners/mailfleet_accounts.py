@@ -188,8 +188,12 @@ class Holds(mailfleet_ledger.Tables):
                 self.db.execute("INSERT INTO sasl_holds(user, mode, reporter, reason, created, updated)"
                                 " VALUES (?,?,?,?,?,?)", (user, mode, reporter, reason, now, now))
             else:
-                self.db.execute("UPDATE sasl_holds SET mode=?, reason=?, updated=? WHERE user=? AND released IS NULL",
-                                (mode, reason, now, user))
+                self.set_mode(user, mode, info, now)
+
+    def set_mode(self, user, mode, info, now):
+        """Change the mode of ``user``'s hold in force (hold <-> refuse)."""
+        self.db.execute("UPDATE sasl_holds SET mode=?, reason=?, updated=? WHERE user=? AND released IS NULL",
+                        (mode, json.dumps(info, sort_keys=True), now, user))
 
     def started_by(self, reporter):
         return self.db.execute("SELECT COUNT(*) FROM sasl_holds WHERE reporter=? AND released IS NULL",
@@ -365,8 +369,7 @@ def hold(user, mode="hold", reason="held by the postmaster"):
                 if user not in current:
                     led.apply([(user, "hold", info)], "runner", now)
                 if mode != "hold" or user in current:  # the mode of the row in force
-                    led.db.execute("UPDATE sasl_holds SET mode=?, reason=?, updated=? WHERE user=? AND released IS NULL",
-                                   (mode, json.dumps(info, sort_keys=True), now, user))
+                    led.set_mode(user, mode, info, now)
                 seq = led.bump()
                 holds_now = led.current()
         finally:
