@@ -21,10 +21,13 @@ import subprocess
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+# salt://_utils (on sys.path): the runner checks with the same rules; private names here,
+# so that the loader does not list them as functions of this module.
+from mailfleet_password_rules import check_password as _check_password
+from mailfleet_password_rules import check_scheme as _check_scheme
+
 __virtualname__ = "mailfleet_password"
 
-SCHEMES = ("ARGON2ID", "SHA512-CRYPT", "BLF-CRYPT")
-BCRYPT_MAX_BYTES = 72  # bcrypt reads at most 72 bytes of the password
 _DOVEADM_PATHS = ("/usr/bin/doveadm", "/usr/local/bin/doveadm")
 TIMEOUT = 60
 
@@ -38,30 +41,6 @@ def __virtual__():
         return __virtualname__
     return (False, "mailfleet_password: doveadm not found (run it on a mail host; on the "
                    "master use the runner: salt-run mailfleet_password.hash)")
-
-
-def check_scheme(scheme):
-    """The scheme's canonical name (upper case, without braces), or SaltInvocationError."""
-    name = str(scheme or "").strip().strip("{}").upper()
-    if name not in SCHEMES:
-        raise SaltInvocationError(f"scheme {scheme!r} is not supported; use one of {', '.join(SCHEMES)}")
-    return name
-
-
-def check_password(password, scheme=None):
-    """Refuse what cannot be hashed faithfully. Messages never contain the password."""
-    if not isinstance(password, str):
-        # The CLI turns e.g. 1234 into an int: ask for quotes rather than guess.
-        raise SaltInvocationError("the password must be a string (quote it)")
-    if not password:
-        raise SaltInvocationError("empty password refused")
-    if any(c in password for c in "\r\n\0"):
-        # doveadm (askpass) and IMAP/SMTP clients read a password up to a line end.
-        raise SaltInvocationError("the password contains a line break or NUL byte")
-    if scheme == "BLF-CRYPT" and len(password.encode("utf-8")) > BCRYPT_MAX_BYTES:
-        raise SaltInvocationError(f"BLF-CRYPT (bcrypt) uses at most {BCRYPT_MAX_BYTES} bytes of a "
-                                  "password; use ARGON2ID for a longer one")
-    return password
 
 
 def _run(argv, stdin):
@@ -92,8 +71,8 @@ def hash(password, scheme="ARGON2ID", rounds=None):
         salt mail01.lab.test mailfleet_password.hash 'correct horse battery'
         salt mail01.lab.test mailfleet_password.hash 'correct horse battery' scheme=BLF-CRYPT rounds=10
     """
-    scheme = check_scheme(scheme)
-    check_password(password, scheme)
+    scheme = _check_scheme(scheme)
+    _check_password(password, scheme)
     argv = [_doveadm(), "pw", "-s", scheme, "-V"]
     if rounds is not None:
         if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
@@ -125,7 +104,7 @@ def verify(password, hashed):
 
         salt mail01.lab.test mailfleet_password.verify 'correct horse battery' '{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$...'
     """
-    check_password(password)
+    _check_password(password)
     if not isinstance(hashed, str) or not hashed.startswith("{") or any(c in hashed for c in "\r\n\0"):
         raise SaltInvocationError("hashed must be a {SCHEME}-prefixed hash on one line")
     proc = _run([_doveadm(), "pw", "-t", hashed], f"{password}\n")

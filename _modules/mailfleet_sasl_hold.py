@@ -30,6 +30,7 @@ import tempfile
 import time
 
 import mailfleet_files  # salt://_utils: on sys.path for execution modules
+import mailfleet_postqueue
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +114,6 @@ def _bin(name):
         if os.path.exists(os.path.join(d, name)):
             return os.path.join(d, name)
     return name
-
-
-def _queue_mod():
-    import importlib.util
-    import sys
-    if "mailfleet_queue" in sys.modules:
-        return sys.modules["mailfleet_queue"]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mailfleet_queue.py")
-    spec = importlib.util.spec_from_file_location("mailfleet_queue", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["mailfleet_queue"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _fresh_holds():
@@ -354,12 +342,11 @@ def sync(holds=None, release=None, test=False, seq=None):
         with open(path, encoding="utf-8", errors="replace") as fh:
             current = parse_map(fh.read())
     exists = os.path.exists(path + ".db")
-    q = _queue_mod()
     # The queue matters only when someone is (or was) held; on a host's first run Postfix
     # has no main.cf yet and postqueue cannot even start.
     someone = bool(holds) or bool(release) or bool(set(current) - set(holds))
     if someone and os.path.exists(os.path.join(_postfix_dir(), "main.cf")):
-        msgs, truncated = q.read_queue()
+        msgs, truncated = mailfleet_postqueue.read_queue()
     else:
         msgs, truncated = [], False
     released_now = (set(release) | set(current)) - set(holds)
@@ -410,15 +397,6 @@ def status():
     if os.path.exists(path):
         with open(path, encoding="utf-8", errors="replace") as fh:
             current = parse_map(fh.read())
-    msgs, truncated = _queue_mod().read_queue()
+    msgs, truncated = mailfleet_postqueue.read_queue()
     return {"holds": current, "truncated": truncated,
-            "held_messages": {u: _queue_mod().ids_of_senders(msgs, [u], ("hold",)) for u in current}}
-
-
-def queue_summary():
-    """postqueue -j summary: deferred count, oldest deferred age, held count (bounded)."""
-    q = _queue_mod()
-    msgs, truncated = q.read_queue()
-    out = q.summary(msgs, time.time())
-    out["truncated"] = truncated
-    return out
+            "held_messages": {u: mailfleet_postqueue.ids_of_senders(msgs, [u], ("hold",)) for u in current}}

@@ -2,7 +2,7 @@
 Compromised accounts and the mail queue (issue 6), decided on the master.
 
 The ``mailfleet_watch`` engine counts the outbound volume of every SASL user per window
-(_modules/mailfleet_maillog.py; pillar ``mailfleet:defense:thresholds:outbound``, default
+(_utils/mailfleet_logcount.py; pillar ``mailfleet:defense:thresholds:outbound``, default
 200 messages or 500 recipients per 3600 s) and lists the users over it in the ``outbound``
 part of its ``mailfleet/abuse/report``; its queue thread adds a ``queue`` part when the
 deferred queue goes past ``mailfleet:defense:queue`` (default 200 messages or the oldest

@@ -1,6 +1,6 @@
 """
 Certificate reaction (issue 6): the cert reactor hands every ``mailfleet/cert/problem`` event
-(mailfleet_watch engine on a mail host, _modules/mailfleet_certwatch.py) to :func:`problem`.
+(mailfleet_watch engine on a mail host, _utils/mailfleet_certcheck.py) to :func:`problem`.
 
 1. :func:`check_event` (pure): the event is untrusted. Its ``host`` must be the minion that sent
    it (the ``id`` Salt put on the event) and a known mail host; each lineage name must be a DNS

@@ -11,7 +11,7 @@ or git)::
 The ``mailfleet_domains`` ext_pillar hands the signing selector and its key to the hosts
 that serve the domain, and only to them; ``salt/mail/rspamd.sls`` installs it for Rspamd.
 
-``ensure`` drives each domain's state machine (``_modules/mailfleet_dkim.py``) as far as
+``ensure`` drives each domain's state machine (``_utils/mailfleet_dkimkeys.py``) as far as
 it can go now: a domain without a key gets one (RSA-2048), its record is published
 (``mailfleet_dns.publish``), checked in DNS through the configured resolver, and only then
 does signing switch to it. Every step is saved when it succeeded, so an interrupted run
@@ -31,7 +31,7 @@ import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_files
-import mailfleet_pure
+import mailfleet_dkimkeys as dkim
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,6 @@ __virtualname__ = "mailfleet_dkim"
 
 DEFAULT_DKIM_DIR = "/var/lib/mailfleet-master/dkim"
 MAX_STEPS = 12
-
-
-def _load(name):
-    """Our pure execution modules (a runner's __salt__ holds runners)."""
-    return mailfleet_pure.load(name, __file__)
-
-
-dkim = _load("mailfleet_dkim")
 
 
 def __virtual__():

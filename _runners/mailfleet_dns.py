@@ -4,7 +4,7 @@ Publish and verify the DNS records of every mail domain, from the master.
 Publishing runs here and not on the minions, so hosts never race on shared RRsets, and the
 TSIG key never leaves the master. For every domain found in the targeted minions' pillar
 (``mailfleet:domains``) the runner builds the desired records
-(``mailfleet_dnsrecords.build``) from the pillar, the facts of the hosts that serve it
+(``mailfleet_records.build``) from the pillar, the facts of the hosts that serve it
 (their addresses, from grains) and the DKIM selectors kept by ``mailfleet_dkim`` (if any),
 compares them with what the authoritative server holds, and sends one RFC 2136 update per
 zone, signed with TSIG, that touches only the RRsets that differ and only names/types
@@ -38,8 +38,9 @@ import re
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_ask
+import mailfleet_dkimkeys as dkim
 import mailfleet_inventory
-import mailfleet_pure
+import mailfleet_records as records
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,6 @@ __virtualname__ = "mailfleet_dns"
 DEFAULT_SERVER = "198.18.0.2"
 DEFAULT_DKIM_DIR = "/var/lib/mailfleet-master/dkim"
 MACHINE_OUTPUTS = ("json", "yaml", "raw", "pprint", "newline_values_only", "key", "txt")
-
-
-def _load(name):
-    """Our pure execution modules (a runner's __salt__ holds runners)."""
-    return mailfleet_pure.load(name, __file__)
-
-
-records = _load("mailfleet_dnsrecords")
 
 
 def __virtual__():
@@ -381,7 +374,6 @@ def dkim_entries(domain):
     except ValueError as err:
         raise RuntimeError(f"mailfleet_dkim_dir ({base}): DKIM state of {domain} "
                            f"is not JSON: {path}: {err}") from err
-    dkim = _load("mailfleet_dkim")
     problems = dkim.validate_state(state)
     if problems:
         raise RuntimeError(f"mailfleet_dkim_dir ({base}): {path}: {'; '.join(problems)}")

@@ -47,7 +47,10 @@ import sys
 from salt.exceptions import SaltInvocationError
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
-import mailfleet_pure
+# salt://_utils (on sys.path): the mail host's module checks with the same rules.
+from mailfleet_password_rules import SCHEMES  # noqa: F401  (the schemes this runner hashes)
+from mailfleet_password_rules import check_password as _check_password
+from mailfleet_password_rules import check_scheme as _check_scheme
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +69,10 @@ def __virtual__():
 
 
 # ---------------------------------------------------------------------------------------
-# Pure logic (unit-tested in tests/unit/test_password_runner.py)
+# Pure logic (unit-tested in tests/unit/test_password_helper.py)
 # ---------------------------------------------------------------------------------------
 
 
-def _load_module():
-    """The execution module: its input checks are the runner's too (a runner's __salt__
-    holds runners, not execution modules)."""
-    return mailfleet_pure.load("mailfleet_password", __file__)
-
-
-_checks = _load_module()
-check_scheme = _checks.check_scheme
-check_password = _checks.check_password
-SCHEMES = _checks.SCHEMES
-BCRYPT_MAX_BYTES = _checks.BCRYPT_MAX_BYTES
 
 
 def _rounds(rounds, low, high):
@@ -122,8 +114,8 @@ HASHERS = {"ARGON2ID": argon2id, "SHA512-CRYPT": sha512_crypt, "BLF-CRYPT": blf_
 
 def make_hash(password, scheme="ARGON2ID", rounds=None):
     """``{SCHEME}...`` for ``password``; the pure core of ``hash``."""
-    scheme = check_scheme(scheme)
-    check_password(password, scheme)
+    scheme = _check_scheme(scheme)
+    _check_password(password, scheme)
     return HASHERS[scheme](password, rounds)
 
 
@@ -174,5 +166,5 @@ def hash(password=None, scheme="ARGON2ID", rounds=None):
         raise SaltInvocationError("the password must be a string: quote it, e.g. "
                                   "password='\"12345678\"', or use the prompt")
     result = make_hash(password, scheme, rounds)
-    log.debug("mailfleet_password: made a %s hash", check_scheme(scheme))
+    log.debug("mailfleet_password: made a %s hash", _check_scheme(scheme))
     return result

@@ -1,8 +1,9 @@
 """
 mailfleet_watch: the mail host's detector, a long-running program beside the salt-minion.
 
-It follows the mail log (:class:`mailfleet_maillog.Tailer`: rotation and truncation safe,
-offset saved across restarts), classifies and counts lines (Scanner, Aggregator) and, once per
+It follows the mail log (:class:`mailfleet_logtail.Tailer`: rotation and truncation safe,
+offset saved across restarts), classifies and counts lines (``mailfleet_logparse.Scanner``,
+``mailfleet_logcount.Aggregator``) and, once per
 ``interval``, emits at most ONE report, never one per line::
 
     tag  mailfleet/abuse/report
@@ -11,9 +12,9 @@ offset saved across restarts), classifies and counts lines (Scanner, Aggregator)
           "outbound": [...], "deferred": n, "dropped": n, "untracked": n}
 
 Threads of the same process check the host's sending addresses against DNSBLs
-(``mailfleet/dnsbl/transition``, _modules/mailfleet_dnsbl.py), its certificates
-(``mailfleet/cert/problem``, _modules/mailfleet_certwatch.py) and its queue (a ``queue`` part
-on the abuse tag, _modules/mailfleet_queue.py).
+(``mailfleet/dnsbl/transition``, _utils/mailfleet_dnsbl_lookup.py), its certificates
+(``mailfleet/cert/problem``, _utils/mailfleet_certcheck.py) and its queue (a ``queue`` part
+on the abuse tag, _utils/mailfleet_postqueue.py).
 
 How it runs, and why so (issue 12): the minion starts Salt's stock ``script`` engine with the
 stanza in config/minion.d/mailfleet.conf (:data:`ENGINE_STANZA`). That engine exists on a bare
@@ -37,18 +38,22 @@ import sys
 import threading
 import time
 
-import mailfleet_files  # salt://_utils: on sys.path when this module loads
+# salt://_utils: on sys.path when this module loads (the launcher puts it there)
+import mailfleet_files
+import mailfleet_logcount
+import mailfleet_logparse
+import mailfleet_logtail
 
 log = logging.getLogger("mailfleet_watch")
 
 TAG = "mailfleet/abuse/report"
 DNSBL_TAG = "mailfleet/dnsbl/transition"
 # The modules this program runs, as a minion's extension_modules holds them (the launcher
-# puts utils/ and modules/ on sys.path): a change of any of them restarts the program.
-CODE_MODULES = (("utils", "mailfleet_watch"), ("utils", "mailfleet_address"), ("utils", "mailfleet_report"),
-                ("utils", "mailfleet_files"), ("utils", "mailfleet_ledger"), ("modules", "mailfleet_maillog"),
-                ("modules", "mailfleet_dnsbl"), ("modules", "mailfleet_certwatch"),
-                ("modules", "mailfleet_queue"))
+# puts utils/ on sys.path): a change of any of them restarts the program.
+CODE_MODULES = tuple(("utils", name) for name in (
+    "mailfleet_watch", "mailfleet_address", "mailfleet_report", "mailfleet_files", "mailfleet_ledger",
+    "mailfleet_logparse", "mailfleet_logcount", "mailfleet_logtail", "mailfleet_dnsbl_lookup",
+    "mailfleet_certcheck", "mailfleet_postqueue"))
 SETTINGS, STATUS, LAUNCHER = "settings.json", "status.json", "run"
 # Written by mailfleet_sasl_hold.sync when the postmaster releases users: {"id", "users"}.
 # The detector drops their counts and names the request in status.json ("forgot").
@@ -64,7 +69,7 @@ ENGINE_STANZA = {"mailfleet_watch": {
 
 class DnsblWatcher:
     """One DNSBL round per ``interval``: the host's sending addresses against every zone,
-    zones self-tested, transitions only (mailfleet_dnsbl.Tracker)."""
+    zones self-tested, transitions only (mailfleet_dnsbl_lookup.Tracker)."""
 
     def __init__(self, bl, host, conf, addresses, lookup=None):
         self.bl, self.host = bl, host
@@ -128,12 +133,12 @@ def _host_addresses():
 class Watcher:
     """Tail + scan + aggregate; ``step(now)`` returns a report due at ``now`` or None."""
 
-    def __init__(self, ml, path, host, state_file=None, thresholds=None, max_ips=500, interval=1.0):
-        self.ml, self.host, self.state_file = ml, host, state_file
-        state = ml.load_state(state_file) if state_file else None
-        self.tailer = ml.Tailer(path, state)
-        self.scanner = ml.Scanner()
-        self.agg = ml.Aggregator(thresholds, max_ips=max_ips, start=time.time())
+    def __init__(self, path, host, state_file=None, thresholds=None, max_ips=500, interval=1.0):
+        self.host, self.state_file = host, state_file
+        state = mailfleet_logtail.load_state(state_file) if state_file else None
+        self.tailer = mailfleet_logtail.Tailer(path, state)
+        self.scanner = mailfleet_logparse.Scanner()
+        self.agg = mailfleet_logcount.Aggregator(thresholds, max_ips=max_ips, start=time.time())
         self.interval = float(interval)
         self.next_report = time.monotonic() + self.interval
         self.saved_at = float("-inf")
@@ -143,7 +148,7 @@ class Watcher:
         if not self.state_file:
             return
         try:
-            self.ml.save_state(self.state_file, self.tailer.state or {})
+            mailfleet_logtail.save_state(self.state_file, self.tailer.state or {})
         except OSError as exc:
             log.warning("mailfleet_watch: saving %s: %s", self.state_file, exc)
 
@@ -267,8 +272,7 @@ class Detector:
     """The program: settings loaded and re-loaded, the log loop, the side threads."""
 
     def __init__(self, watch_dir, extmods, fire, mods=None):
-        import mailfleet_maillog as ml
-        self.ml, self.mods = ml, mods or {}
+        self.mods = mods or {}
         self.dir = watch_dir
         self.settings_path = os.path.join(watch_dir, SETTINGS)
         self.status_path = os.path.join(watch_dir, STATUS)
@@ -319,21 +323,21 @@ class Detector:
         return True
 
     def _apply(self, conf):
-        ml, host = self.ml, conf["host"]
+        host = conf["host"]
         path = conf.get("log") or "/var/log/mail.log"
         thresholds, max_ips = conf.get("thresholds") or {}, int(conf.get("max_ips", 500))
-        ml.merge_thresholds(thresholds)  # refuse bad ones before anything changes
+        mailfleet_logcount.merge_thresholds(thresholds)  # refuse bad ones before anything changes
         state_file = conf.get("state_file") or os.path.join(self.dir, "tail.state")
         w = self.watcher
         if w is None or w.tailer_path != path or w.host != host or w.state_file != state_file:
             if w is not None:
                 w.save()
-            w = Watcher(ml, path, host, state_file, thresholds, max_ips, float(conf.get("interval", 0.5)))
+            w = Watcher(path, host, state_file, thresholds, max_ips, float(conf.get("interval", 0.5)))
             w.tailer_path = path
             log.info("mailfleet_watch: following %s, report every %ss to %s", path, w.interval, TAG)
         else:
             # counts in the window are kept: a threshold lowered mid-attack bans at once
-            w.agg.rules = ml.merge_thresholds(thresholds)
+            w.agg.rules = mailfleet_logcount.merge_thresholds(thresholds)
             w.agg.max_ips = max_ips
             w.interval = float(conf.get("interval", 0.5))
         self.watcher = w
@@ -344,20 +348,20 @@ class Detector:
     def _side(self, host, conf):
         dnsbl, certs, queue = conf.get("dnsbl"), conf.get("certs"), conf.get("queue")
         if dnsbl is not None:
-            dw = DnsblWatcher(self._mod("mailfleet_dnsbl"), host, dnsbl, _host_addresses)
+            dw = DnsblWatcher(self._mod("mailfleet_dnsbl_lookup"), host, dnsbl, _host_addresses)
         if self.threads["dnsbl"].set(dnsbl, (lambda stop: dw.run(self.fire, stop)) if dnsbl is not None else None) \
                 and dnsbl is not None:
             log.info("mailfleet_watch: DNSBL checks every %ss on %s", dw.conf["interval"],
                      ", ".join(z for z, _ in dw.conf["zones"]))
         if certs is not None:
-            cw = self._mod("mailfleet_certwatch")
+            cw = self._mod("mailfleet_certcheck")
             cwatch = cw.Watcher(host, cw.settings(certs, host))
         if self.threads["certs"].set(certs, (lambda stop: cwatch.run(self.fire, stop)) if certs is not None else None) \
                 and certs is not None:
             log.info("mailfleet_watch: certificates %s checked every %ss", cwatch.conf["lineages"],
                      cwatch.conf["interval"])
         if queue is not None:
-            qw = self._mod("mailfleet_queue").QueueWatcher(queue)
+            qw = self._mod("mailfleet_postqueue").QueueWatcher(queue)
         if self.threads["queue"].set(queue, (lambda stop: qw.run(host, self.fire, TAG, stop, log=log))
                                      if queue is not None else None) and queue is not None:
             log.info("mailfleet_watch: queue checked every %ss (deferred %s, age %ss)", qw.conf["interval"],

@@ -40,7 +40,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "_modules"))
-import mailfleet_maillog as ml
+import mailfleet_logcount as logcount
+import mailfleet_logparse as logparse
+import mailfleet_logtail as logtail
 
 OUT = REPO / "bench" / "maillog_detect.out"
 F2B_POSTFIX = "postfix[mode=aggressive]"  # relay + SASL + the postscreen/ddos lines
@@ -320,8 +322,8 @@ def generate(path, seed, total):
 def ours(path):
     """End to end: Tailer -> Scanner -> Aggregator, one interval closed per read."""
     t0, c0 = time.perf_counter(), time.process_time()
-    tailer = ml.Tailer(path, from_start=True, max_read=8 << 20)
-    scanner, agg = ml.Scanner(), ml.Aggregator(start=0.0)
+    tailer = logtail.Tailer(path, from_start=True, max_read=8 << 20)
+    scanner, agg = logparse.Scanner(), logcount.Aggregator(start=0.0)
     reports, events, now = [], 0, 0.0
     while True:
         chunk = tailer.read()
@@ -447,14 +449,14 @@ def compare(path, f2b_matches):
             line = line.rstrip("\n")
             fam = family(line)
             lines_by_fam[fam] += 1
-            ev = ml.classify(line)
+            ev = logparse.classify(line)
             if ev is not None:
                 per_line.append(ev)
                 if ev.ip and ev.kind not in ("outbound", "outbound_rcpt"):
                     ours_by_fam[fam].add(ev.ip)
     f2b_by_fam = defaultdict(set)
     for ip, line in f2b_matches:
-        f2b_by_fam[family(line)].add(ml.norm_ip(ip) or ip)
+        f2b_by_fam[family(line)].add(logparse.norm_ip(ip) or ip)
     return ours_by_fam, f2b_by_fam, lines_by_fam, per_line
 
 
@@ -508,7 +510,7 @@ def main():
 
     ours_fam, f2b_fam, lines_fam, per_line = compare(log, f2b_pf + f2b_dc)
     # the timed scanner must have produced exactly what the per-line classifier does
-    scanned, _ = ml.scan_file(log)
+    scanned, _ = logparse.scan_file(log)
     consistent = [e for e in scanned if e.kind != "outbound_rcpt"] == per_line
 
     kinds = Counter(e.kind for e in scanned)

@@ -7,13 +7,13 @@
       log: /var/log/mail.log   interval: 0.5 (s between reports)   poll: 0.1 (s between reads)
       max_ips: 500 (offenders per report; the rest waits for the next)
       thresholds: {relay: {count: 3, window: 600}, auth: {count: 10, window: 600}, ...}
-                  (merged over mailfleet_maillog.DEFAULT_THRESHOLDS, checked there;
+                  (merged over mailfleet_logcount.DEFAULT_THRESHOLDS, checked there;
                   outbound: {messages: 200, recipients: 500, window: 3600} per SASL user,
                   past it the account is held: _runners/mailfleet_accounts.py)
       queue: {deferred: 200, age: 14400, interval: 60, repeat: 3600} (engine queue thread,
-             _modules/mailfleet_queue.py; queue: null turns it off)
+             _utils/mailfleet_postqueue.py; queue: null turns it off)
       reconcile_every: 300, reconcile_splay: 60 (seconds)
-    Pillar mailfleet:dnsbl (the engine's DNSBL thread, _modules/mailfleet_dnsbl.py):
+    Pillar mailfleet:dnsbl (the engine's DNSBL thread, _utils/mailfleet_dnsbl_lookup.py):
       zones (default Spamhaus ZEN, SpamCop, Barracuda), interval 300, timeout 5, resolvers,
       ips, dqs_key; enabled: false turns the checks off. The file holds the DQS key: 0600. #}
 {%- from "mail/map.jinja" import mf with context %}
@@ -24,7 +24,7 @@
 {%- set conf_dir = salt["file.dirname"](opts["conf_file"]) ~ "/minion.d" %}
 {%- set dnsbl = salt["pillar.get"]("mailfleet:dnsbl", {}) %}
 {%- set dnsbl = {} if dnsbl is none else dnsbl %}
-{#- The engine's certificate thread (_modules/mailfleet_certwatch.py): pillar
+{#- The engine's certificate thread (_utils/mailfleet_certcheck.py): pillar
     mailfleet:defense:cert_* (threshold_days 21, interval 3600, repeat 86400, lineages
     [myhostname], ports {25: starttls, 587: starttls, 993: tls}); cert_watch: false turns it off. #}
 {%- set certs = {"lineages": [mf.host.myhostname], "live_dir": mf.lookup.letsencrypt_dir ~ "/live"} %}

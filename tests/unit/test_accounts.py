@@ -2,7 +2,7 @@
 untrusted outbound entries, hold -> refuse -> release, the ledger on a real sqlite file, the
 ext_pillar's view of it), the report path in mailfleet_defense (accounts before addresses),
 the host side's pure parts (mailfleet_sasl_hold: map text, what is held and released) and
-the queue module (mailfleet_queue: postqueue -j parsing, bounds, thresholds, transitions),
+the queue module (mailfleet_postqueue: postqueue -j parsing, bounds, thresholds, transitions),
 with a real subprocess standing in for postqueue only where the bound is what is tested."""
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 import mailfleet_accounts as acc
 import mailfleet_bans as ext
 import mailfleet_defense as d
-import mailfleet_queue as mq
+import mailfleet_postqueue as mq
 import mailfleet_sasl_hold as sh
 from signing import signed
 

@@ -1,7 +1,7 @@
 """Certificate watch and reaction, pure parts, with real certificates (made here with
 `cryptography`) and real TLS listeners on loopback:
 
-- mailfleet_certwatch: cert_info (serial, fingerprint, notAfter), days left, assess (expiring
+- mailfleet_certcheck: cert_info (serial, fingerprint, notAfter), days left, assess (expiring
   below the threshold, served differs from disk = stale, unreachable), the Tracker (changes and
   periodic repeats only), settings errors naming the pillar key, probe() over SMTP STARTTLS and
   implicit TLS against loopback servers serving a known certificate, the engine's Watcher.
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import mailfleet_certs as rc
-import mailfleet_certwatch as cw
+import mailfleet_certcheck as cw
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reactor_render import HOSTILE, render

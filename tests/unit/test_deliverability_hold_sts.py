@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import mailfleet_dnsrecords as R
+import mailfleet_records as R
 import mailfleet_fcrdns as F
 import mailfleet_outbound as S
 

@@ -109,7 +109,7 @@ def test_the_detector_ends_when_its_code_changes_so_the_engine_runs_the_new_code
     assert _wait(lambda: det.conf is not None)
     time.sleep(1.2)
     assert th.is_alive()
-    with open(ext / "modules" / "mailfleet_maillog.py", "a") as fh:
+    with open(ext / "utils" / "mailfleet_logparse.py", "a") as fh:
         fh.write("\n# a new version\n")
     th.join(5)
     assert not th.is_alive(), "the detector kept running old code"

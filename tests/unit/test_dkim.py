@@ -19,8 +19,8 @@ import dkim
 import nacl.bindings
 import pytest
 
-import mailfleet_dkim as K
-import mailfleet_dnsrecords as R
+import mailfleet_dkimkeys as K
+import mailfleet_records as R
 
 D = "example-a.test"
 HOSTS = {"mail01.lab.test": {"ipv4": ["198.18.0.11"]}}

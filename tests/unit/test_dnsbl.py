@@ -1,4 +1,4 @@
-"""DNSBL checks (_modules/mailfleet_dnsbl.py): query names and zone decoding from the corpus in
+"""DNSBL checks (_utils/mailfleet_dnsbl_lookup.py): query names and zone decoding from the corpus in
 tests/unit/dnsbl_corpus/ (input and expected result side by side), zone self-tests,
 transitions, pillar checks, and the dnspython lookup against a real DNS server on loopback
 that answers, says NXDOMAIN, SERVFAIL, REFUSED or stays silent."""
@@ -12,7 +12,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-import mailfleet_dnsbl as bl
+import mailfleet_dnsbl_lookup as bl
 
 CORPUS = Path(__file__).parent / "dnsbl_corpus"
 

@@ -4,7 +4,7 @@ import sys
 import threading
 from pathlib import Path
 
-import mailfleet_dnsbl as bl
+import mailfleet_dnsbl_lookup as bl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_utils"))
 import mailfleet_watch as watch

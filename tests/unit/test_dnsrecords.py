@@ -8,7 +8,7 @@ import dns.rdatatype
 import dns.zone
 import pytest
 
-import mailfleet_dnsrecords as R
+import mailfleet_records as R
 
 D = "example-a.test"
 KEY = "mailfleet:domains:example-a.test"

@@ -1,4 +1,4 @@
-"""mail.log detection core (_modules/mailfleet_maillog.py): the whole corpus in
+"""mail.log detection core (_utils/mailfleet_logparse.py, mailfleet_logcount.py, mailfleet_logtail.py): the whole corpus in
 tests/unit/maillog_corpus/ (an expectation before every line), the chunk scanner against the
 per-line classifier, the aggregator's thresholds and bounds, and the tailer on real files
 rotated by rename and truncated in place."""
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import mailfleet_maillog as ml
+import mailfleet_logcount as logcount
+import mailfleet_logparse as logparse
+import mailfleet_logtail as logtail
 
 CORPUS = Path(__file__).parent / "maillog_corpus"
 FIELDS = ("service", "detail", "user", "count")
@@ -55,7 +57,7 @@ def test_corpus_is_substantial_and_covers_every_kind():
 
 @pytest.mark.parametrize("name,no,expect,line", SAMPLES, ids=[f"{s[0]}:{s[1]}" for s in SAMPLES])
 def test_corpus_line(name, no, expect, line):
-    ev = ml.classify(line)
+    ev = logparse.classify(line)
     if expect is None:
         assert ev is None, f"expected no event, got {ev}"
         return
@@ -72,7 +74,7 @@ def test_corpus_line(name, no, expect, line):
 def test_every_event_line_holds_a_scanner_keyword():
     for name, no, expect, line in SAMPLES:
         if expect:
-            assert any(kw.decode() in line for kw in ml.KEYWORDS), f"{name}:{no}"
+            assert any(kw.decode() in line for kw in logparse.KEYWORDS), f"{name}:{no}"
 
 
 def corpus_bytes():
@@ -80,15 +82,15 @@ def corpus_bytes():
 
 
 def test_scanner_agrees_with_classify_on_the_corpus():
-    expected = [ml.classify(line) for _f, _n, _e, line in SAMPLES]
+    expected = [logparse.classify(line) for _f, _n, _e, line in SAMPLES]
     expected = [ev for ev in expected if ev is not None]
-    scanner = ml.Scanner()
+    scanner = logparse.Scanner()
     got = scanner.scan(corpus_bytes())
     assert [ev for ev in got if ev.kind != "outbound_rcpt"] == expected
     assert scanner.bytes == len(corpus_bytes())
     # outbound.log: alice's message 4LdK2v3Xq1z9Ab went to 3 recipients
     assert [ev for ev in got if ev.kind == "outbound_rcpt"] == [
-        ml.Event("outbound_rcpt", "198.18.0.100", "submission/smtpd", "4LdK2v3Xq1z9Ab",
+        logparse.Event("outbound_rcpt", "198.18.0.100", "submission/smtpd", "4LdK2v3Xq1z9Ab",
                  "alice@example-a.test", 3)]
 
 
@@ -97,12 +99,12 @@ def test_scanner_chunks_split_anywhere_give_the_same_events(tmp_path, size):
     data = corpus_bytes() * 3
     path = tmp_path / "mail.log"
     path.write_bytes(data)
-    whole, scanned = ml.scan_file(path)
-    assert scanned == len(data) and len(whole) == 3 * len(ml.Scanner().scan(corpus_bytes()))
-    pieces, _ = ml.scan_file(path, chunk_size=size)
+    whole, scanned = logparse.scan_file(path)
+    assert scanned == len(data) and len(whole) == 3 * len(logparse.Scanner().scan(corpus_bytes()))
+    pieces, _ = logparse.scan_file(path, chunk_size=size)
     assert pieces == whole
     # a last line without its newline is classified too
-    assert ml.Scanner().scan(corpus_bytes().rstrip(b"\n")) == ml.Scanner().scan(corpus_bytes())
+    assert logparse.Scanner().scan(corpus_bytes().rstrip(b"\n")) == logparse.Scanner().scan(corpus_bytes())
 
 
 def test_scanner_recipients_only_for_pending_sasl_messages():
@@ -114,28 +116,28 @@ def test_scanner_recipients_only_for_pending_sasl_messages():
         hdr.format(3) + "postfix/qmgr[800]: 4BBB: from=<alice@example-a.test>, size=10, nrcpt=25 (queue active)",
         hdr.format(4) + "postfix/qmgr[800]: 4BBB: from=<alice@example-a.test>, size=10, nrcpt=25 (queue active)",
     ]
-    s = ml.Scanner()
+    s = logparse.Scanner()
     events = s.scan("\n".join(lines).encode() + b"\n")
     assert [(e.kind, e.user, e.count) for e in events] == [
         ("outbound", "alice@example-a.test", 1), ("outbound_rcpt", "alice@example-a.test", 25)]
     # the client line in one chunk, qmgr's in the next
-    s = ml.Scanner()
+    s = logparse.Scanner()
     assert len(s.scan((lines[1] + "\n").encode())) == 1
     assert [e.count for e in s.scan((lines[2] + "\n").encode())] == [25]
     # pending queue ids are bounded in number ...
-    s = ml.Scanner(max_pending=2)
+    s = logparse.Scanner(max_pending=2)
     for qid in ("4C1", "4C2", "4C3"):
         s.scan(lines[1].replace("4BBB", qid).encode() + b"\n")
     assert list(s._pending) == [b" 4C2: from=<", b" 4C3: from=<"]
     # ... and in how much log they wait for their qmgr line
-    s = ml.Scanner(pending_bytes=1000)
+    s = logparse.Scanner(pending_bytes=1000)
     s.scan((lines[1] + "\n").encode())
     s.scan(b"x" * 500 + b"\n")
     assert len(s._pending) == 1
     s.scan(b"x" * 500 + b"\n")
     assert not s._pending and s.scan((lines[2] + "\n").encode()) == []
     # a line that only looks like qmgr's is not taken
-    s = ml.Scanner()
+    s = logparse.Scanner()
     fake = hdr.format(3) + "postfix/pickup[801]: 4BBB: from=<alice@example-a.test>, nrcpt=99 (queue active)"
     assert [e.kind for e in s.scan(f"{lines[1]}\n{fake}\n{lines[2]}\n".encode())] == ["outbound", "outbound_rcpt"]
 
@@ -143,21 +145,21 @@ def test_scanner_recipients_only_for_pending_sasl_messages():
 # --- aggregator ---------------------------------------------------------------------------
 
 def ev(kind, ip, n=1, user=None, service="smtpd"):
-    return ml.Event(kind, ip, service, "x", user, n)
+    return logparse.Event(kind, ip, service, "x", user, n)
 
 
 def test_merge_thresholds_validates_pillar():
-    t = ml.merge_thresholds({"relay": {"count": 1}, "outbound": {"recipients": 50}})
+    t = logcount.merge_thresholds({"relay": {"count": 1}, "outbound": {"recipients": 50}})
     assert t["relay"] == {"count": 1, "window": 600}
     assert t["outbound"]["recipients"] == 50 and t["outbound"]["messages"] == 200
     for bad in ({"nope": {}}, {"relay": {"count": 0}}, {"relay": {"count": "3"}},
                 {"relay": {"cuont": 3}}, {"relay": 3}, {"auth": {"window": True}}):
         with pytest.raises(ValueError):
-            ml.merge_thresholds(bad)
+            logcount.merge_thresholds(bad)
 
 
 def test_one_report_per_interval_and_nothing_under_threshold():
-    agg = ml.Aggregator(start=0)
+    agg = logcount.Aggregator(start=0)
     agg.add_all([ev("relay", "198.19.0.5")] * 2)
     assert agg.report(10) is None  # 2 < 3
     agg.add_all([ev("relay", "198.19.0.5")] * 40 + [ev("relay", "198.19.0.6")])
@@ -170,7 +172,7 @@ def test_one_report_per_interval_and_nothing_under_threshold():
 
 
 def test_reported_again_only_after_threshold_more_events():
-    agg = ml.Aggregator(start=0)
+    agg = logcount.Aggregator(start=0)
     agg.add_all([ev("relay", "198.19.0.5")] * 3)
     assert [o["ip"] for o in agg.report(5)["offenders"]] == ["198.19.0.5"]
     agg.add_all([ev("relay", "198.19.0.5")] * 2)
@@ -180,7 +182,7 @@ def test_reported_again_only_after_threshold_more_events():
 
 
 def test_window_slides_and_forgets():
-    agg = ml.Aggregator({"relay": {"count": 3, "window": 60}}, start=0)
+    agg = logcount.Aggregator({"relay": {"count": 3, "window": 60}}, start=0)
     agg.add_all([ev("relay", "198.19.0.5")] * 2)
     assert agg.report(10) is None
     agg.add(ev("relay", "198.19.0.5"))
@@ -195,7 +197,7 @@ def test_window_slides_and_forgets():
 
 
 def test_auth_counts_an_attempt_logged_twice_once():
-    agg = ml.Aggregator({"auth": {"count": 4}}, start=0)
+    agg = logcount.Aggregator({"auth": {"count": 4}}, start=0)
     # IMAP: login line says 3 attempts, auth worker logged the 3 mismatches
     agg.add(ev("mail_auth", "198.19.7.1", 3, "alice", "imap-login"))
     agg.add_all([ev("auth_backend", "198.19.7.1", 1, "alice", "auth-worker")] * 3)
@@ -208,13 +210,13 @@ def test_auth_counts_an_attempt_logged_twice_once():
     assert off["kinds"] == {"mail_auth": 3, "auth_backend": 4, "smtp_auth": 1}
     assert off["users"] == ["bob"]
     # worker lines alone (imap client still connected) count too
-    agg2 = ml.Aggregator({"auth": {"count": 4}}, start=0)
+    agg2 = logcount.Aggregator({"auth": {"count": 4}}, start=0)
     agg2.add_all([ev("auth_backend", "2001:db8::1", 1, "x", "auth")] * 4)
     assert agg2.report(5)["offenders"][0]["ip"] == "2001:db8::1"
 
 
 def test_cap_defers_excess_to_next_reports_in_order():
-    agg = ml.Aggregator(max_ips=3, start=0)
+    agg = logcount.Aggregator(max_ips=3, start=0)
     for i in range(7):
         agg.add_all([ev("relay", f"198.19.1.{i}")] * (10 + i))
     r1 = agg.report(5)
@@ -231,7 +233,7 @@ def test_cap_defers_excess_to_next_reports_in_order():
 
 
 def test_backlog_bound_counts_dropped_and_tracking_bound_counts_untracked():
-    agg = ml.Aggregator(max_ips=1, max_backlog=2, max_tracked=5, start=0)
+    agg = logcount.Aggregator(max_ips=1, max_backlog=2, max_tracked=5, start=0)
     for i in range(8):
         agg.add_all([ev("relay", f"198.19.3.{i}")] * 3)
     rep = agg.report(5)
@@ -243,13 +245,13 @@ def test_backlog_bound_counts_dropped_and_tracking_bound_counts_untracked():
 
 
 def test_loopback_and_unknown_kinds_are_not_counted():
-    agg = ml.Aggregator({"relay": {"count": 1}}, start=0)
+    agg = logcount.Aggregator({"relay": {"count": 1}}, start=0)
     agg.add_all([ev("relay", "127.0.0.1"), ev("relay", "::1"), ev("relay", None), ev("weird", "198.19.0.1")])
     assert agg.report(5) is None
 
 
 def test_outbound_volume_per_sasl_user():
-    agg = ml.Aggregator({"outbound": {"messages": 5, "recipients": 20, "window": 3600}}, start=0)
+    agg = logcount.Aggregator({"outbound": {"messages": 5, "recipients": 20, "window": 3600}}, start=0)
     for _ in range(4):
         agg.add(ev("outbound", "198.18.0.100", 1, "alice@example-a.test", "submission/smtpd"))
         agg.add(ev("outbound_rcpt", "198.18.0.100", 2, "alice@example-a.test", "submission/smtpd"))
@@ -272,8 +274,8 @@ def test_report_feeds_from_a_scanned_log():
         hdr + f"postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[198.19.0.{i % 4}]: 454 4.7.1 "
               f"<x@y.example>: Relay access denied; from=<> to=<x@y.example> proto=ESMTP helo=<x>\n"
         for i in range(12))
-    agg = ml.Aggregator(start=0)
-    agg.add_all(ml.Scanner().scan(text.encode()))
+    agg = logcount.Aggregator(start=0)
+    agg.add_all(logparse.Scanner().scan(text.encode()))
     rep = agg.report(1)
     assert sorted(o["ip"] for o in rep["offenders"]) == [f"198.19.0.{i}" for i in range(4)]
 
@@ -288,21 +290,21 @@ def append(path, text):
 def test_tailer_starts_at_end_and_returns_complete_lines_only(tmp_path):
     log = tmp_path / "mail.log"
     log.write_text("old 1\nold 2\npartial")
-    t = ml.Tailer(log)
+    t = logtail.Tailer(log)
     assert t.read() == b""
     append(log, " line\nnew 1\nnew")
     assert t.read() == b"partial line\nnew 1\n"  # from the last line start; "new" waits
     append(log, " 2\n")
     assert t.read() == b"new 2\n"
     assert t.read() == b""
-    t2 = ml.Tailer(log, from_start=True)
+    t2 = logtail.Tailer(log, from_start=True)
     assert t2.read() == b"old 1\nold 2\npartial line\nnew 1\nnew 2\n"
 
 
 def test_tailer_follows_rotation_by_rename_and_recreate(tmp_path):
     log = tmp_path / "mail.log"
     log.write_text("a1\n")
-    t = ml.Tailer(log, from_start=True)
+    t = logtail.Tailer(log, from_start=True)
     assert t.read() == b"a1\n"
     append(log, "a2\n")
     os.rename(log, tmp_path / "mail.log.1")  # logrotate: rename, create
@@ -322,7 +324,7 @@ def test_tailer_follows_rotation_by_rename_and_recreate(tmp_path):
 def test_tailer_rotation_while_the_file_is_missing(tmp_path):
     log = tmp_path / "mail.log"
     log.write_text("a1\n")
-    t = ml.Tailer(log, from_start=True)
+    t = logtail.Tailer(log, from_start=True)
     assert t.read() == b"a1\n"
     os.rename(log, tmp_path / "mail.log.1")
     append(tmp_path / "mail.log.1", "a2\n")
@@ -335,7 +337,7 @@ def test_tailer_rotation_while_the_file_is_missing(tmp_path):
 def test_tailer_truncation_in_place(tmp_path):
     log = tmp_path / "mail.log"
     log.write_text("line 1\nline 2\n")
-    t = ml.Tailer(log, from_start=True)
+    t = logtail.Tailer(log, from_start=True)
     assert t.read() == b"line 1\nline 2\n"
     with open(log, "r+b") as fh:  # copytruncate
         fh.truncate(0)
@@ -356,43 +358,43 @@ def test_tailer_resumes_from_saved_state(tmp_path):
     log = tmp_path / "mail.log"
     state_file = tmp_path / "state.json"
     log.write_text("1\n2\n")
-    t = ml.Tailer(log, from_start=True)
+    t = logtail.Tailer(log, from_start=True)
     assert t.read() == b"1\n2\n"
-    ml.save_state(state_file, t.state)
+    logtail.save_state(state_file, t.state)
     t.close()
     append(log, "3\n")
-    t = ml.Tailer(log, ml.load_state(state_file))
+    t = logtail.Tailer(log, logtail.load_state(state_file))
     assert t.read() == b"3\n"
-    ml.save_state(state_file, t.state)
+    logtail.save_state(state_file, t.state)
     t.close()
     # rotated while stopped: the rest of the old file (now mail.log.1), then the new file
     append(log, "4\n")
     os.rename(log, tmp_path / "mail.log.1")
     log.write_text("5\n")
-    t = ml.Tailer(log, ml.load_state(state_file))
+    t = logtail.Tailer(log, logtail.load_state(state_file))
     assert t.read() == b"4\n5\n"
     assert ("resumed-rotated", str(tmp_path / "mail.log.1")) in t.notes
-    ml.save_state(state_file, t.state)
+    logtail.save_state(state_file, t.state)
     t.close()
     # truncated while stopped
     with open(log, "r+b") as fh:
         fh.truncate(0)
     append(log, "6\n")
-    t = ml.Tailer(log, ml.load_state(state_file))
+    t = logtail.Tailer(log, logtail.load_state(state_file))
     assert t.read() == b"6\n"
     t.close()
     # the old file is gone too: the new one from its start
     state = t.state
     os.rename(log, tmp_path / "elsewhere")
     log.write_text("7\n")
-    t = ml.Tailer(log, state)
+    t = logtail.Tailer(log, state)
     assert t.read() == b"7\n"
-    assert ml.load_state(tmp_path / "absent.json") is None
+    assert logtail.load_state(tmp_path / "absent.json") is None
 
 
 def test_tailer_budget_and_a_file_that_appears_later(tmp_path):
     log = tmp_path / "mail.log"
-    t = ml.Tailer(log, max_read=10)
+    t = logtail.Tailer(log, max_read=10)
     assert t.read() == b"" and t.state is None
     log.write_text("0123\n4567\n89ab\n")  # created after we started: read from 0
     assert t.read() == b"0123\n4567\n"
@@ -410,7 +412,7 @@ def test_tailer_feeds_scanner_across_rotation(tmp_path):
             "unknown[198.19.0.{}]: 454 4.7.1 <x@y.example>: Relay access denied; from=<> "
             "to=<x@y.example> proto=ESMTP helo=<x>\n")
     log.write_text("")
-    t, s = ml.Tailer(log), ml.Scanner()
+    t, s = logtail.Tailer(log), logparse.Scanner()
     append(log, line.format(1))
     got = s.scan(t.read())
     os.rename(log, tmp_path / "mail.log.1")

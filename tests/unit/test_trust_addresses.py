@@ -12,7 +12,7 @@ import pytest
 
 import mailfleet_ban as ban
 import mailfleet_defense as d
-import mailfleet_maillog as ml
+import mailfleet_logparse as logparse
 import mailfleet_reroute as rr
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def test_no_normaliser_lets_a_scoped_address_through(scoped):
         ban.normalise(scoped)
     with pytest.raises(ValueError):
         rr.norm_ip(scoped)
-    assert ml.norm_ip(scoped) is None
+    assert logparse.norm_ip(scoped) is None
 
 
 @pytest.mark.parametrize("text,canonical", [
@@ -48,7 +48,7 @@ def test_every_normaliser_gives_the_same_canonical_form(text, canonical):
     assert ban.normalise(text)[0] == canonical
     assert d.norm_address(text) == canonical
     assert rr.norm_ip(text) == canonical
-    assert ml.norm_ip(text.strip()) == canonical
+    assert logparse.norm_ip(text.strip()) == canonical
 
 
 @pytest.mark.parametrize("grain", ["0.0.0.0/0", "::/0", "198.18.0.0/15", "10.0.0.0/8", "2001:db8::/32"])

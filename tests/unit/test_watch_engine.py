@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-import mailfleet_maillog as ml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_utils"))
 import mailfleet_watch as watch
@@ -28,7 +27,7 @@ def append(path, text):
 
 
 def test_one_report_per_interval_with_host_and_offenders(log, tmp_path):
-    w = watch.Watcher(ml, str(log), "mail01.lab.test", str(tmp_path / "state"), interval=1.0)
+    w = watch.Watcher(str(log), "mail01.lab.test", str(tmp_path / "state"), interval=1.0)
     append(log, RELAY.format(ip="198.19.0.5") * 2 + RELAY.format(ip="2001:db8::5") * 3)
     w.poll()
     first = w.report(1000.0, 1.0)  # relay threshold 3: only the IPv6 address is there yet
@@ -46,7 +45,7 @@ def test_one_report_per_interval_with_host_and_offenders(log, tmp_path):
 
 
 def test_report_is_bounded(log, tmp_path):
-    w = watch.Watcher(ml, str(log), "mail01.lab.test", None, max_ips=50, interval=1.0)
+    w = watch.Watcher(str(log), "mail01.lab.test", None, max_ips=50, interval=1.0)
     append(log, "".join(RELAY.format(ip=f"198.19.{i // 250}.{i % 250 + 1}") * 3 for i in range(120)))
     w.poll()
     first = w.report(1000.0, 1.0)
@@ -58,7 +57,7 @@ def test_report_is_bounded(log, tmp_path):
 
 
 def test_due_follows_the_interval(log):
-    w = watch.Watcher(ml, str(log), "h", None, interval=1.0)
+    w = watch.Watcher(str(log), "h", None, interval=1.0)
     start = w.next_report
     assert not w.due(start - 0.5) and w.due(start)
     w.report(0.0, start)

@@ -2,8 +2,10 @@
 mailfleet DKIM: keys made with ``cryptography``, their DNS records, the private key files
 Rspamd reads, and the rotation of a domain's selector as a resumable state machine.
 
-Keys live on the master only (outside the file server and git); a host receives, by
-pillar, the signing key of the domains it serves.
+One job, pure (no Salt dunders): imported plainly by the master's runners
+(``_runners/mailfleet_dkim.py`` drives the rotation, ``_runners/mailfleet_dns.py`` publishes
+its records). Keys live on the master only (outside the file server and git); a host
+receives, by pillar, the signing key of the domains it serves.
 
 Key files (the format Rspamd 3.4 loads, ``rspamd_dkim_sign_key_load`` in
 src/libserver/dkim.c: a file starting with ``-----BEGIN`` is read as PEM and must hold an
@@ -41,7 +43,7 @@ import re
 
 import mailfleet_files  # salt://_utils: on sys.path for execution modules and runners
 
-__virtualname__ = "mailfleet_dkim"
+__virtualname__ = "mailfleet_dkimkeys"
 
 
 def __virtual__():
@@ -270,7 +272,7 @@ def signing_selector(state):
 
 def dns_entries(state):
     """
-    What DNS must hold for this state, for ``mailfleet_dnsrecords.build(dkim=...)``:
+    What DNS must hold for this state, for ``mailfleet_records.build(dkim=...)``:
     published, verified, signing and old_kept selectors with their key, revoked ones with
     an empty ``p=``, removed ones as ``absent`` (still owned, so a stale record is deleted).
     """
