@@ -20,6 +20,8 @@ import time
 
 import salt.client
 
+import mailfleet_table  # salt://_utils: on sys.path for runners
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mailcheck"
@@ -70,15 +72,6 @@ def failing(returns):
             if r.get("ok") is not True]
 
 
-def _render(headers, rows):
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    out = []
-    for row in [headers, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths[:-1])] + [str(row[-1])]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
-
-
 def fleet_table(returns):
     """
     ``{minion: [results]}`` as one text table (HOST, CHECK, RESULT, DETAIL) with a summary
@@ -98,7 +91,7 @@ def fleet_table(returns):
                    f"{len(hosts_bad)} of {len(returns)} hosts ({', '.join(hosts_bad)})")
     else:
         summary = f"PASS: {len(rows)} checks on {len(returns)} hosts"
-    return _render(("HOST", "CHECK", "RESULT", "DETAIL"), rows) + "\n" + summary
+    return mailfleet_table.render(("HOST", "CHECK", "RESULT", "DETAIL"), rows) + "\n" + summary
 
 
 def ritual_kwargs(kwargs):

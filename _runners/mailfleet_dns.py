@@ -41,6 +41,7 @@ import mailfleet_ask
 import mailfleet_dkimkeys as dkim
 import mailfleet_inventory
 import mailfleet_records as records
+import mailfleet_table
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +157,6 @@ def plan_updates(desired, result, zones):
             for rdata in entry["add"]:
                 ops.append(("add", entry["name"], entry["type"], rdata, desired["ttl"]))
     return plan
-
-
-def _render(headers, rows):
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    lines = []
-    for row in [headers, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths[:-1])] + [str(row[-1])]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 def _short(values, width=60):
@@ -621,7 +613,7 @@ def verify(tgt="*mail*", tgt_type="glob", domains=None):
         for where, (ok, detail) in sorted(checks.items()):
             rows.append((domain, where, "POLICY", "ok" if ok else "WRONG", detail))
             bad += 0 if ok else 1
-    _show(_render(("DOMAIN/HOST", "NAME", "TYPE", "RESULT", "DETAIL"), rows)
+    _show(mailfleet_table.render(("DOMAIN/HOST", "NAME", "TYPE", "RESULT", "DETAIL"), rows)
           + f"\n{len(rows) - bad} ok, {bad} problem(s)")
     __context__["retcode"] = 1 if bad else 0
     out = {"ok": not bad, "problems": bad, "domains": {}, "fcrdns": {},

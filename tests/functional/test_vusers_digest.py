@@ -2,13 +2,16 @@
 an extra row, a missing row or a changed ownership record makes its partition read."""
 import copy
 
-import mailfleet_vusers as vusers
+import mailfleet_pillar as pillar_check
+import mailfleet_vusers_db as vdb
+import mailfleet_vusers_rows as rows
+import mailfleet_vusers_sync as vsync
 from vusers_testdata import SHA512
 
 
 def run(cfg, **kw):
     kw.setdefault("host", "mail01.lab.test")
-    ret = vusers.run_sync(cfg, **kw)
+    ret = vsync.run_sync(cfg, **kw)
     assert ret["result"] is True, ret["comment"]
     return ret
 
@@ -19,12 +22,12 @@ def test_digests_of_database_and_pillar_agree_after_a_sync(db, pillar):
     assert ret["changed"] is False
     assert ret["partitions"]["read"] == 0
     assert ret["partitions"]["total"] == 3  # example-a.test, xn--bcher-kva.test, alias-a.test
-    model, errors, _ = vusers.validate_pillar(pillar)
+    model, errors, _ = pillar_check.validate_pillar(pillar)
     assert not errors
-    desired, retention = vusers.desired_rows(model, "mail01.lab.test")
-    conn = vusers.connect(dict(pillar["db"]))
+    desired, retention = rows.desired_rows(model, "mail01.lab.test")
+    conn = vdb.connect(dict(pillar["db"]))
     try:
-        assert vusers.read_digests(conn) == vusers.desired_digests(desired, retention)
+        assert vdb.read_digests(conn) == vdb.desired_digests(desired, retention)
     finally:
         conn.close()
 
@@ -32,7 +35,7 @@ def test_digests_of_database_and_pillar_agree_after_a_sync(db, pillar):
 def _dirty_after(db, pillar, sql, args=None):
     run(pillar)
     db.execute(sql, args)
-    ret = vusers.run_sync(pillar, host="mail01.lab.test", test=True)
+    ret = vsync.run_sync(pillar, host="mail01.lab.test", test=True)
     assert ret["result"] is True, ret["comment"]
     return ret
 

@@ -6,7 +6,9 @@ import os
 import pymysql
 import pytest
 
-import mailfleet_vusers as vusers
+import mailfleet_vusers_db as vdb
+import mailfleet_vusers_rows as rows
+import mailfleet_vusers_sync as vsync
 from vusers_testdata import ARGON, SHA512
 
 SCHEMA = __import__("pathlib").Path(__file__).resolve().parents[2] / "salt/mail/files/postfixadmin-3.3.13.sql"
@@ -15,7 +17,7 @@ VUSER_TABLES = ("domain", "mailbox", "alias", "alias_domain")
 
 def run(cfg, **kw):
     kw.setdefault("host", "mail01.lab.test")
-    return vusers.run_sync(cfg, **kw)
+    return vsync.run_sync(cfg, **kw)
 
 
 def ok(ret):
@@ -490,15 +492,15 @@ def test_packed_read_matches_a_plain_read(db, pillar):
     _foreign_rows(db)
     db.execute("UPDATE mailbox SET name = 'Eve \x1f Unit-Separator' WHERE username = 'eve@foreign.test'")
     ok(run(pillar))
-    conn = vusers.connect(dict(pillar["db"]))
+    conn = vdb.connect(dict(pillar["db"]))
     try:
-        current, managed = vusers.read_state(conn)
+        current, managed = vdb.read_state(conn)
         plain = {}
         with conn.cursor() as cur:
-            for t in vusers.TABLES:
-                cols = (vusers.KEY[t],) + vusers.MANAGED_COLS[t] + vusers.INSERT_COLS[t]
+            for t in rows.TABLES:
+                cols = (rows.KEY[t],) + rows.MANAGED_COLS[t] + rows.INSERT_COLS[t]
                 cur.execute(f"SELECT {', '.join(cols)} FROM `{t}`")
-                nm = 1 + len(vusers.MANAGED_COLS[t])
+                nm = 1 + len(rows.MANAGED_COLS[t])
                 plain[t] = {r[0].lower(): (tuple(r[1:nm]), tuple(r[nm:])) for r in cur.fetchall()}
             cur.execute("SELECT tbl, item, domain, deactivated, purge_after_days FROM mailfleet_managed")
             plain_managed = {(r[0], r[1].lower()): (r[2], r[3], r[4]) for r in cur.fetchall()}

@@ -81,9 +81,9 @@ def master_run(request, tmp_path_factory):
 
 
 def test_a_mail_host_loads_every_thin_module_and_its_libraries(minion_call):
-    names = minion_call("sys.list_functions", "mailfleet_dnsrecords", "mailfleet_maillog", "mailfleet_queue",
-                        "mailfleet_dnsbl", "mailfleet_certwatch")
-    assert names == ["mailfleet_certwatch.reload", "mailfleet_certwatch.renew", "mailfleet_certwatch.settings",
+    names = minion_call("sys.list_functions", "mailcheck", "mailfleet_dnsrecords", "mailfleet_maillog",
+                        "mailfleet_queue", "mailfleet_dnsbl", "mailfleet_certwatch")
+    assert names == ["mailcheck.report", "mailcheck.ritual", "mailfleet_certwatch.reload", "mailfleet_certwatch.renew", "mailfleet_certwatch.settings",
                      "mailfleet_certwatch.status", "mailfleet_dnsbl.check", "mailfleet_dnsrecords.mta_sts_policy",
                      "mailfleet_maillog.scan", "mailfleet_queue.queue_settings", "mailfleet_queue.status"]
 

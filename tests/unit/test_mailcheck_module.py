@@ -1,22 +1,9 @@
-"""Pure parts of _modules/mailcheck.py: reply parsing, verdicts, certificate names, FCrDNS,
-the table. The network side is tested for real in tests/lab/test_30_mailcheck.py."""
-import importlib.util
-from pathlib import Path
-
+"""The verdicts of mailcheck.ritual (_utils/mailfleet_mailcheck_verdicts.py): reply parsing,
+verdicts, certificate names, FCrDNS, the table. The protocol clients
+(_utils/mailfleet_mailcheck_probes.py) are tested for real in tests/lab/test_30_mailcheck.py."""
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-# _modules and _runners both hold a mailcheck.py: load each under its own name.
-mc = _load("_modules/mailcheck.py", "mailcheck_module_under_test")
+import mailfleet_mailcheck_verdicts as mc
 
 
 # --- SMTP replies -------------------------------------------------------------------------

@@ -3,7 +3,9 @@ import datetime
 
 import pytest
 
-import mailfleet_vusers as v
+import mailfleet_pillar as pillar_check
+import mailfleet_vusers_diff as vdiff
+import mailfleet_vusers_rows as vrows
 
 SHA512 = "{SHA512-CRYPT}$6$saltsaltsalt$PMWE8DTlam1JU37Piyk43bHcMxTJq6sgu5DKB0/tGPjanN35jcY68QkpDfPFUGPWX5uCxIQkSPzMmqEiVNgts."
 OTHER = "{SHA512-CRYPT}$6$othersalt$" + "b" * 86
@@ -32,13 +34,13 @@ def cfg(**extra):
 
 
 def desired_of(c, host=None):
-    model, errors, _ = v.validate_pillar(c)
+    model, errors, _ = pillar_check.validate_pillar(c)
     assert errors == []
-    return v.desired_rows(model, host)
+    return vrows.desired_rows(model, host)
 
 
 def empty():
-    return {t: {} for t in v.TABLES}
+    return {t: {} for t in vrows.TABLES}
 
 
 def as_current(desired):
@@ -50,7 +52,7 @@ def as_managed(desired, retention, deactivated=None):
     out = {}
     for t, rows in desired.items():
         for k, (m, _) in rows.items():
-            dom = v._row_domain(t, k, m)
+            dom = vdiff._row_domain(t, k, m)
             out[(t, k)] = (dom, deactivated, retention.get(dom))
     return out
 
@@ -94,7 +96,7 @@ def test_host_filter():
 
 def test_first_sync_inserts_everything():
     desired, retention = desired_of(cfg())
-    d = v.compute_diff(desired, empty(), {}, NOW, retention=retention)
+    d = vdiff.compute_diff(desired, empty(), {}, NOW, retention=retention)
     assert d.counts() == {"domain": {"insert": 1}, "mailbox": {"insert": 2}, "alias": {"insert": 6},
                           "alias_domain": {"insert": 1}}
     assert len(d.managed_upsert) == 10
@@ -103,9 +105,9 @@ def test_first_sync_inserts_everything():
 
 def test_perfect_state_is_a_noop():
     desired, retention = desired_of(cfg())
-    d = v.compute_diff(desired, as_current(desired), as_managed(desired, retention), NOW, retention=retention)
+    d = vdiff.compute_diff(desired, as_current(desired), as_managed(desired, retention), NOW, retention=retention)
     assert d.empty and d.counts() == {}
-    assert v.describe(d) == "no changes" and v.summarize(d) == {}
+    assert vdiff.describe(d) == "no changes" and vdiff.summarize(d) == {}
 
 
 def test_update_names_changed_columns_only():
@@ -114,10 +116,10 @@ def test_update_names_changed_columns_only():
     c["domains"]["example-a.test"]["mailboxes"]["alice"]["password"] = OTHER
     c["domains"]["example-a.test"]["mailboxes"]["alice"]["quota"] = "512M"
     new, _ = desired_of(c)
-    d = v.compute_diff(new, as_current(old), as_managed(old, retention), NOW, retention=retention)
+    d = vdiff.compute_diff(new, as_current(old), as_managed(old, retention), NOW, retention=retention)
     assert d.counts() == {"mailbox": {"update": 1}}
     assert [(k, c) for k, _, _, c in d.update["mailbox"]] == [("alice@example-a.test", ["password", "quota"])]
-    s = v.summarize(d)
+    s = vdiff.summarize(d)
     assert s == {"mailbox": {"update": {"count": 1, "first": ["alice@example-a.test (password, quota)"]}}}
     assert OTHER not in repr(s)
 
@@ -131,7 +133,7 @@ def test_database_spelling_differences_are_not_changes():
     current["domain"]["example-a.test"] = (m, (5, 5, 100, "dovecot", 0))  # insert-only columns: theirs
     m, i = current["mailbox"]["alice@example-a.test"]
     current["mailbox"]["alice@example-a.test"] = (m, ("elsewhere/alice/",))  # maildir: never moved
-    d = v.compute_diff(desired, current, as_managed(desired, retention), NOW, retention=retention)
+    d = vdiff.compute_diff(desired, current, as_managed(desired, retention), NOW, retention=retention)
     assert d.empty
 
 
@@ -142,7 +144,7 @@ def test_reactivation():
     current["mailbox"]["alice@example-a.test"] = (m[:-1] + (0,), i)
     managed = as_managed(desired, retention)
     managed[("mailbox", "alice@example-a.test")] = ("example-a.test", NOW - 5 * DAY, None)
-    d = v.compute_diff(desired, current, managed, NOW, retention=retention)
+    d = vdiff.compute_diff(desired, current, managed, NOW, retention=retention)
     assert [(k, c) for k, _, _, c in d.update["mailbox"]] == [("alice@example-a.test", ["active"])]
     assert d.managed_upsert == [("mailbox", "alice@example-a.test", "example-a.test", None, None)]
 
@@ -154,7 +156,7 @@ def test_removed_managed_rows_are_deactivated_not_purged():
     c["domains"]["example-a.test"]["aliases"] = {}
     c["domains"]["example-a.test"]["alias_domains"] = []
     new, _ = desired_of(c)
-    d = v.compute_diff(new, as_current(old), as_managed(old, retention), NOW, retention=retention)
+    d = vdiff.compute_diff(new, as_current(old), as_managed(old, retention), NOW, retention=retention)
     assert sorted(d.deactivate["alias"]) == ["@example-a.test", "alice@example-a.test", "info@example-a.test"]
     assert d.deactivate["mailbox"] == ["alice@example-a.test"]
     assert d.deactivate["alias_domain"] == ["alias-a.test"]
@@ -179,7 +181,7 @@ def _after_deactivation(days_ago, purge_after_days):
         m, i = current[t][k]
         current[t][k] = (m[:-1] + (0,), i)
         managed[(t, k)] = ("example-a.test", NOW - days_ago * DAY, purge_after_days)
-    return v.compute_diff(new, current, managed, NOW, retention=retention)
+    return vdiff.compute_diff(new, current, managed, NOW, retention=retention)
 
 
 def test_purge_only_after_retention():
@@ -205,7 +207,7 @@ def test_purge_refuses_an_unsafe_maildir():
     del c["domains"]["example-a.test"]["mailboxes"]["alice"]
     c["domains"]["example-a.test"]["aliases"] = {}
     new, _ = desired_of(c)
-    d = v.compute_diff(new, current, managed, NOW, retention={})
+    d = vdiff.compute_diff(new, current, managed, NOW, retention={})
     assert d.purge["mailbox"] == [] and d.archive == []
     assert d.notes == ["mailbox alice@example-a.test: maildir '../../etc/' is not a plain relative path; not purged"]
 
@@ -217,8 +219,8 @@ def test_foreign_rows_left_alone_unless_exclusive():
     current["domain"]["foreign.test"] = (("", 0, 1), (0, 0, 0, "virtual", 0))
     current["domain"]["all"] = (("", 0, 1), (0, 0, 0, "", 0))
     managed = as_managed(desired, retention)
-    assert v.compute_diff(desired, current, managed, NOW, retention=retention).empty
-    d = v.compute_diff(desired, current, managed, NOW, exclusive=True, retention=retention)
+    assert vdiff.compute_diff(desired, current, managed, NOW, retention=retention).empty
+    d = vdiff.compute_diff(desired, current, managed, NOW, exclusive=True, retention=retention)
     assert d.deactivate["mailbox"] == ["eve@foreign.test"]
     assert d.deactivate["domain"] == ["foreign.test"]  # never PostfixAdmin's ALL
     assert ("mailbox", "eve@foreign.test", "foreign.test", NOW, None) in d.managed_upsert
@@ -227,8 +229,8 @@ def test_foreign_rows_left_alone_unless_exclusive():
 def test_existing_row_is_adopted():
     desired, retention = desired_of(cfg())
     current = as_current(desired)
-    d = v.compute_diff(desired, current, {}, NOW, retention=retention)
-    assert d.counts() == {t: {"adopt": len(desired[t])} for t in v.TABLES}
+    d = vdiff.compute_diff(desired, current, {}, NOW, retention=retention)
+    assert d.counts() == {t: {"adopt": len(desired[t])} for t in vrows.TABLES}
     assert not any(d.insert.values()) and not any(d.update.values())
 
 
@@ -236,7 +238,7 @@ def test_managed_record_of_a_vanished_row_is_dropped():
     desired, retention = desired_of(cfg())
     managed = as_managed(desired, retention)
     managed[("mailbox", "gone@example-a.test")] = ("example-a.test", None, None)
-    d = v.compute_diff(desired, as_current(desired), managed, NOW, retention=retention)
+    d = vdiff.compute_diff(desired, as_current(desired), managed, NOW, retention=retention)
     assert d.managed_delete == [("mailbox", "gone@example-a.test")]
 
 
@@ -246,10 +248,10 @@ def test_summary_stays_short_at_scale():
     for i in range(25000):
         mb[f"user{i:05d}"] = {"password": SHA512}
     desired, retention = desired_of(c)
-    d = v.compute_diff(desired, empty(), {}, NOW, retention=retention)
-    s = v.summarize(d)
+    d = vdiff.compute_diff(desired, empty(), {}, NOW, retention=retention)
+    s = vdiff.summarize(d)
     assert s["mailbox"]["insert"]["count"] == 25002
     assert len(s["mailbox"]["insert"]["first"]) == 10
     assert len(repr(s)) < 3000
-    assert len(v.summarize(d, full=True)["mailbox"]["insert"]["items"]) == 25002
-    assert v.describe(d).startswith("50010 inserts (domain 1, mailbox 25002, alias 25006, alias_domain 1)")
+    assert len(vdiff.summarize(d, full=True)["mailbox"]["insert"]["items"]) == 25002
+    assert vdiff.describe(d).startswith("50010 inserts (domain 1, mailbox 25002, alias 25006, alias_domain 1)")

@@ -3,7 +3,10 @@ import copy
 
 import pytest
 
-import mailfleet_vusers as v
+import mailfleet_pillar as pillar_check
+import mailfleet_vusers_db as vdb
+import mailfleet_vusers_rows as rows
+import mailfleet_vusers_sync as vsync
 
 SHA512 = "{SHA512-CRYPT}$6$saltsaltsalt$PMWE8DTlam1JU37Piyk43bHcMxTJq6sgu5DKB0/tGPjanN35jcY68QkpDfPFUGPWX5uCxIQkSPzMmqEiVNgts."
 BLF = "{BLF-CRYPT}$2b$05$Si6T6/IPzREn46XzfQWE2uEAT4mxEcQrMYFBsNONWumHm52iB2mkK"
@@ -31,12 +34,12 @@ def base():
 
 
 def errors_of(cfg):
-    _, errors, _ = v.validate_pillar(cfg)
+    _, errors, _ = pillar_check.validate_pillar(cfg)
     return errors
 
 
 def test_valid_pillar_has_no_errors():
-    model, errors, warnings = v.validate_pillar(base())
+    model, errors, warnings = pillar_check.validate_pillar(base())
     assert errors == [] and warnings == []
     assert model["domains"]["example-a.test"]["mailboxes"]["alice"]["quota"] == 10 * 1024**3
 
@@ -50,19 +53,19 @@ def test_valid_pillar_has_no_errors():
     (" 3 G ", 3 * 1024**3),
 ])
 def test_parse_quota(value, expected):
-    assert v.parse_quota(value) == expected
+    assert pillar_check.parse_quota(value) == expected
 
 
 @pytest.mark.parametrize("value", ["10X", "10GB", "-1", -5, "G", "", True, None, 1.5, "1.5", "1e3"])
 def test_parse_quota_rejects(value):
     with pytest.raises(ValueError):
-        v.parse_quota(value)
+        pillar_check.parse_quota(value)
 
 
 @pytest.mark.parametrize("value", [ARGON, SHA512, BLF, "{sha512-crypt}" + SHA512.split("}", 1)[1],
                                    "{SHA512-CRYPT}$6$rounds=5000$abc$" + "a" * 86])
 def test_password_accepted(value):
-    assert v.check_password(value) is None
+    assert pillar_check.check_password(value) is None
 
 
 @pytest.mark.parametrize("value,why", [
@@ -78,7 +81,7 @@ def test_password_accepted(value):
     (None, f"missing password; {HINT}"),
 ])
 def test_password_refused(value, why):
-    assert v.check_password(value) == why
+    assert pillar_check.check_password(value) == why
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -87,14 +90,14 @@ def test_password_refused(value, why):
     ("例え.テスト", "xn--r8jz45g.xn--zckzah"),
 ])
 def test_idna_domain(name, expected):
-    assert v.idna_domain(name) == expected
+    assert pillar_check.idna_domain(name) == expected
 
 
 @pytest.mark.parametrize("name", ["bad_domain.test", "localhost", "a..b.test", "-x.test", "x.test.", "", "a.123",
                                   "x" * 64 + ".test", "xn--zz.test", "sp ace.test"])
 def test_idna_domain_rejects(name):
     with pytest.raises(ValueError):
-        v.idna_domain(name)
+        pillar_check.idna_domain(name)
 
 
 # ------------------------------------------------------------------- paths in errors
@@ -232,7 +235,7 @@ def test_secrets_never_in_messages():
 def test_external_targets_are_warnings():
     cfg = base()
     dom_a(cfg)["aliases"]["fwd"] = ["someone@elsewhere.test"]
-    model, errors, warnings = v.validate_pillar(cfg)
+    model, errors, warnings = pillar_check.validate_pillar(cfg)
     assert errors == []
     assert warnings == [f"{A}:aliases:fwd[0]: target someone@elsewhere.test is external (not checked)"]
 
@@ -240,7 +243,7 @@ def test_external_targets_are_warnings():
 def test_catch_all_target_is_a_warning():
     cfg = base()
     dom_a(cfg)["aliases"]["fwd"] = ["typo@example-a.test"]
-    _, errors, warnings = v.validate_pillar(cfg)
+    _, errors, warnings = pillar_check.validate_pillar(cfg)
     assert errors == []
     assert warnings == [f"{A}:aliases:fwd[0]: target typo@example-a.test has no mailbox or alias; only the catch-all @example-a.test receives it"]
 
@@ -249,7 +252,7 @@ def test_postmaster_and_abuse_are_implicit_unless_declared():
     cfg = base()
     c = copy.deepcopy(cfg)
     c["domains"]["example-b.test"]["aliases"] = {"abuse": ["bob@example-b.test"]}
-    model, errors, _ = v.validate_pillar(c)
+    model, errors, _ = pillar_check.validate_pillar(c)
     assert errors == []
     a = model["domains"]["example-a.test"]["aliases"]
     assert a["postmaster"]["targets"] == ["hostmaster@example-a.test"] and a["postmaster"]["implicit"]
@@ -259,7 +262,7 @@ def test_postmaster_and_abuse_are_implicit_unless_declared():
     assert b["postmaster"]["implicit"]
     # declared as a mailbox: no alias
     c["domains"]["example-b.test"]["mailboxes"]["postmaster"] = {"password": SHA512}
-    model, errors, _ = v.validate_pillar(c)
+    model, errors, _ = pillar_check.validate_pillar(c)
     assert "postmaster" not in model["domains"]["example-b.test"]["aliases"]
 
 
@@ -275,21 +278,21 @@ def test_unicode_keys_stored_as_punycode():
     cfg = base()
     cfg["domains"]["bücher.test"] = {"mailboxes": {"carol": {"password": SHA512}},
                                      "aliases": {"c": ["carol@BÜCHER.test"]}}
-    model, errors, _ = v.validate_pillar(cfg)
+    model, errors, _ = pillar_check.validate_pillar(cfg)
     assert errors == []
     assert model["domains"]["xn--bcher-kva.test"]["aliases"]["c"]["targets"] == ["carol@xn--bcher-kva.test"]
     assert model["domains"]["xn--bcher-kva.test"]["path"] == "mailfleet:domains:bücher.test"
 
 
 def test_db_settings():
-    assert v.validate_db(None) == ["mailfleet:db: missing or not a mapping (name, host, sync_user, sync_password)"]
-    assert v.validate_db({"name": "postfix"}) == ["mailfleet:db:sync_password: missing"]
-    assert v.validate_db({"sync_password": "p", "sync_user": 5}) == ["mailfleet:db:sync_user: must be a string"]
-    settings, errors = v.db_settings({"sync_password": "p", "postfix_password": "x"}, socket="/run/x.sock")
+    assert vdb.validate_db(None) == ["mailfleet:db: missing or not a mapping (name, host, sync_user, sync_password)"]
+    assert vdb.validate_db({"name": "postfix"}) == ["mailfleet:db:sync_password: missing"]
+    assert vdb.validate_db({"sync_password": "p", "sync_user": 5}) == ["mailfleet:db:sync_user: must be a string"]
+    settings, errors = vdb.db_settings({"sync_password": "p", "postfix_password": "x"}, socket="/run/x.sock")
     assert errors == []
     assert settings["name"] == "postfix" and settings["sync_user"] == "mailfleet_sync"
     assert settings["host"] == "localhost" and settings["socket"] == "/run/x.sock"
-    settings, _ = v.db_settings({"sync_password": "p", "socket": "/mine.sock"}, socket="/run/x.sock")
+    settings, _ = vdb.db_settings({"sync_password": "p", "socket": "/mine.sock"}, socket="/run/x.sock")
     assert settings["socket"] == "/mine.sock"
 
 
@@ -308,10 +311,10 @@ def test_lab_pillar_is_valid():
         mf = (yaml.safe_load(f.read_text()) or {}).get("mailfleet", {})
         merged["domains"].update(mf.pop("domains", {}) or {})
         merged.update(mf)
-    model, errors, _ = v.validate_pillar(merged)
+    model, errors, _ = pillar_check.validate_pillar(merged)
     assert errors == []
-    assert v.validate_db(merged["db"]) == []
-    desired, _ = v.desired_rows(model, host="mail01.lab.test")
+    assert vdb.validate_db(merged["db"]) == []
+    desired, _ = rows.desired_rows(model, host="mail01.lab.test")
     assert "example-a.test" in desired["domain"]
     assert all(d not in desired["domain"] for d, spec in model["domains"].items()
                if spec["hosts"] and "mail01.lab.test" not in spec["hosts"])
@@ -321,7 +324,7 @@ def test_run_sync_refuses_before_connecting():
     cfg = base()
     cfg["db"] = {"name": "postfix", "sync_user": "s", "sync_password": "p", "socket": "/nonexistent"}
     dom_a(cfg)["mailboxes"]["alice"]["password"] = "plain"
-    ret = v.run_sync(cfg)
+    ret = vsync.run_sync(cfg)
     assert ret["result"] is False
     assert ret["errors"] == [f"{A}:mailboxes:alice:password: plaintext password refused; {HINT}"]
     assert ret["comment"].startswith("pillar invalid, nothing written (1 error):")
@@ -333,14 +336,14 @@ def _packed_like_the_ext_pillar(cfg):
     out = copy.deepcopy(cfg)
     for data in out["domains"].values():
         inner = {k: data.pop(k) for k in ("mailboxes", "aliases") if k in data}
-        data[v.PACKED_KEY] = json.dumps(inner)
+        data[pillar_check.PACKED_KEY] = json.dumps(inner)
     return out
 
 
 def test_packed_domains_validate_to_the_same_model_and_paths():
     cfg = base()
-    model, errors, warnings = v.validate_pillar(cfg)
-    p_model, p_errors, p_warnings = v.validate_pillar(_packed_like_the_ext_pillar(cfg))
+    model, errors, warnings = pillar_check.validate_pillar(cfg)
+    p_model, p_errors, p_warnings = pillar_check.validate_pillar(_packed_like_the_ext_pillar(cfg))
     assert (p_model, p_errors, p_warnings) == (model, errors, warnings) and not errors
     bad = base()
     bad["domains"]["example-a.test"]["mailboxes"]["alice"]["password"] = "plain"
@@ -355,5 +358,5 @@ def test_packed_domains_validate_to_the_same_model_and_paths():
 ])
 def test_a_bad_packed_value_is_an_error_naming_its_path(text, expected):
     cfg = base()
-    cfg["domains"]["example-a.test"][v.PACKED_KEY] = text
+    cfg["domains"]["example-a.test"][pillar_check.PACKED_KEY] = text
     assert any(e.startswith(expected) for e in errors_of(cfg)), errors_of(cfg)
