@@ -1,106 +1,23 @@
 """
-Checks of the merged mail formula settings (defaults < OS parameters < pillar).
-
-The mail states call the ``mailfleet_config.valid`` state first, with ``failhard``, so a
-bad pillar stops the run before any config file is touched: the services keep their last
-good configuration and the error names the pillar key.
+Is this mail host's pillar usable? The checks are ``_utils/mailfleet_settings_check.py``;
+``mail.validate`` runs them first through the ``mailfleet_config.valid`` state, and a
+postmaster can ask before a run.
 """
-import re
+import mailfleet_settings_check as _check
 
 __virtualname__ = "mailfleet_config"
-
-SUPPORTED_DOVECOT = ("2.3", "2.4")
-SUPPORTED_OS = ("Debian", "FreeBSD")
-REQUIRED = (
-    ("tls", "contact"),
-    ("db", "postfix_password"),
-    ("db", "dovecot_password"),
-    ("db", "sync_password"),
-)
-_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
-FQDN = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-# The quota-status reply for an over-quota mailbox: an SMTP 4xx/5xx with a matching
-# enhanced status code (RFC 3463: X.2.2 "Mailbox full"), then plain text that is safe
-# unquoted in dovecot.conf and as a Postfix access(5) action.
-OVERQUOTA_REPLY = re.compile(r"^([45])\d\d \1\.\d{1,3}\.\d{1,3} [A-Za-z0-9 .,:;()'/_-]{1,200}$")
 
 
 def __virtual__():
     return __virtualname__
 
 
-def _port(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
-
-
-def problems(cfg):
+def check(cfg, dkim=None, mta_sts=None):
     """
-    Return a list of "pillar key: what is wrong" strings; empty when the settings are usable.
-
-    Pure function of the merged settings dict (no Salt needed), so it is unit-tested.
-    """
-    out = []
-    if cfg.get("os_family_grain") not in SUPPORTED_OS:
-        out.append(f"grains:os_family: {cfg.get('os_family_grain')!r} is not supported "
-                   f"(supported: {', '.join(SUPPORTED_OS)})")
-    for section, key in REQUIRED:
-        if not (cfg.get(section) or {}).get(key):
-            out.append(f"mailfleet:{section}:{key}: required, missing or empty")
-    for section, key in REQUIRED[1:]:
-        secret = (cfg.get(section) or {}).get(key)
-        # These end up in Postfix map files and Dovecot's space-separated connect string.
-        if secret and not re.match(r"^[A-Za-z0-9_.:,+=@%^~!/-]+$", str(secret)):
-            out.append(f"mailfleet:{section}:{key}: use letters, digits and _.:,+=@%^~!/- only "
-                       f"(no spaces, quotes or #)")
-    contact = (cfg.get("tls") or {}).get("contact")
-    if contact and not EMAIL.match(str(contact)):
-        out.append(f"mailfleet:tls:contact: {contact!r} is not an e-mail address")
-    host = cfg.get("host") or {}
-    for key in ("myhostname", "mydomain"):
-        if host.get(key) and not FQDN.match(str(host[key])):
-            out.append(f"mailfleet:host:{key}: {host[key]!r} is not a fully qualified name")
-    if not _port(host.get("ssh_port")):
-        out.append(f"mailfleet:host:ssh_port: {host.get('ssh_port')!r} is not a port (1-65535)")
-    for i, port in enumerate(host.get("extra_tcp_ports") or []):
-        if not _port(port):
-            out.append(f"mailfleet:host:extra_tcp_ports:{i}: {port!r} is not a port (1-65535)")
-    for key in ("postscreen", "submissions", "reject_unknown_helo_hostname", "helo_required"):
-        if not isinstance(host.get(key), bool):
-            out.append(f"mailfleet:host:{key}: must be true or false, not {host.get(key)!r}")
-    for i, net in enumerate(host.get("mynetworks_extra") or []):
-        if not re.match(r"^[0-9a-fA-F:.\[\]]+/\d{1,3}$", str(net)):
-            out.append(f"mailfleet:host:mynetworks_extra:{i}: {net!r} is not a network (CIDR)")
-    major = str((cfg.get("lookup") or {}).get("dovecot_major"))
-    if major not in SUPPORTED_DOVECOT:
-        out.append(f"mailfleet:lookup:dovecot_major: Dovecot {major} is not supported "
-                   f"(supported: {', '.join(SUPPORTED_DOVECOT)})")
-    reply = (cfg.get("quota") or {}).get("overquota_reply")
-    if reply is not None and not OVERQUOTA_REPLY.match(str(reply)):
-        out.append(f"mailfleet:quota:overquota_reply: {reply!r} must be an SMTP 4xx/5xx reply "
-                   f"with a matching enhanced code and plain text, e.g. '552 5.2.2 Mailbox is full'")
-    limit = host.get("message_size_limit")
-    if not isinstance(limit, int) or limit < 1024:
-        out.append(f"mailfleet:host:message_size_limit: {limit!r} must be a byte count >= 1024")
-    rspamd = cfg.get("rspamd") or {}
-    if rspamd:
-        # reject/quarantine would refuse or hold every message while rspamd is down.
-        if rspamd.get("milter_default_action") not in ("accept", "tempfail"):
-            out.append(f"mailfleet:rspamd:milter_default_action: "
-                       f"{rspamd.get('milter_default_action')!r} must be accept or tempfail "
-                       f"(mail is never refused because rspamd is down)")
-        for key in ("milter_port", "controller_port"):
-            if not _port(rspamd.get(key)):
-                out.append(f"mailfleet:rspamd:{key}: {rspamd.get(key)!r} is not a port (1-65535)")
-        for action, score in (rspamd.get("actions") or {}).items():
-            if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-                out.append(f"mailfleet:rspamd:actions:{action}: {score!r} must be a score or null")
-    return out
-
-
-def check(cfg):
-    """
-    Check merged mail settings.
+    Check the merged mail settings ``cfg`` (``mail/map.jinja``'s ``mf``), the DKIM pillar
+    ``dkim`` and the MTA-STS part of the served domains ``mta_sts`` ({domain: {"hosts",
+    "dns": {"mta_sts"}}}). Returns ``{"valid": bool, "problems": [...]}``, each problem
+    naming its pillar key.
 
     CLI Example:
 
@@ -108,5 +25,5 @@ def check(cfg):
 
         salt '*mail*' mailfleet_config.check '{"host": {"ssh_port": 22}}'
     """
-    errors = problems(cfg)
+    errors = _check.problems(cfg) + _check.dkim_problems(dkim) + _check.mta_sts_problems(mta_sts)
     return {"valid": not errors, "problems": errors}

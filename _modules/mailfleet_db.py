@@ -9,6 +9,8 @@ import re
 
 from salt.exceptions import CommandExecutionError
 
+from mailfleet_sql import literal as _literal  # salt://_utils: the one SQL escaper
+
 __virtualname__ = "mailfleet_db"
 
 IDENT = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -17,11 +19,6 @@ CREATE_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?`([^`]+)`", re.I)
 
 def __virtual__():
     return __virtualname__
-
-
-def literal(value):
-    """A SQL string literal (MariaDB escaping of backslash and quote)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def ident(name, what="identifier"):
@@ -57,7 +54,7 @@ def schema_tables(schema_path):
 def missing_tables(name, schema_path):
     """Tables the schema file creates that database ``name`` lacks ([] when complete)."""
     present = {row[0] for row in query(
-        f"SELECT table_name FROM information_schema.tables WHERE table_schema = {literal(name)}")}
+        f"SELECT table_name FROM information_schema.tables WHERE table_schema = {_literal(name)}")}
     return [t for t in schema_tables(schema_path) if t not in present]
 
 
@@ -71,12 +68,12 @@ def ensure_database(name, schema_path):
 
 def user_state(user, password, database):
     """What an account looks like now: exists, password matches, privileges on ``database``."""
-    rows = query(f"SELECT authentication_string = PASSWORD({literal(password)}) FROM mysql.user "
-                 f"WHERE User = {literal(user)} AND Host = 'localhost'")
-    grantee = literal(f"'{user}'@'localhost'")
+    rows = query(f"SELECT authentication_string = PASSWORD({_literal(password)}) FROM mysql.user "
+                 f"WHERE User = {_literal(user)} AND Host = 'localhost'")
+    grantee = _literal(f"'{user}'@'localhost'")
     privs = {r[0] for r in query(
         f"SELECT privilege_type FROM information_schema.schema_privileges "
-        f"WHERE grantee = {grantee} AND table_schema = {literal(database)}")}
+        f"WHERE grantee = {grantee} AND table_schema = {_literal(database)}")}
     global_privs = {r[0] for r in query(
         f"SELECT privilege_type FROM information_schema.user_privileges "
         f"WHERE grantee = {grantee}")} - {"USAGE"}
@@ -86,13 +83,13 @@ def user_state(user, password, database):
 
 def ensure_user(user, password, database, privileges):
     """Make ``user``@localhost exist with exactly ``privileges`` on ``database``, nothing global."""
-    account = f"{literal(user)}@'localhost'"
+    account = f"{_literal(user)}@'localhost'"
     db = ident(database, "database")
     wanted = sorted({p.upper() for p in privileges})
     for priv in wanted:
         if not re.match(r"^[A-Z ]+$", priv):
             raise CommandExecutionError(f"privilege {priv!r} is not a privilege name")
-    query(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {literal(password)};\n"
-          f"ALTER USER {account} IDENTIFIED BY {literal(password)};\n"
+    query(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {_literal(password)};\n"
+          f"ALTER USER {account} IDENTIFIED BY {_literal(password)};\n"
           f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {account};\n"
           f"GRANT {', '.join(wanted)} ON {db}.* TO {account};")

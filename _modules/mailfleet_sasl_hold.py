@@ -31,6 +31,7 @@ import time
 
 import mailfleet_files  # salt://_utils: on sys.path for execution modules
 import mailfleet_postqueue
+from mailfleet_sasl_user import valid_user as _valid_user  # salt://_utils: the runner checks the same way
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ MODES = ("hold", "refuse")
 REFUSE_TEXT = "450 4.7.1 Outbound mail of this account is held by the postmaster (mailfleet)"
 MAX_USERS = 10_000
 # Postfix logs at most 100 characters of a SASL name; keys must be one map token.
-_USER_RE = re.compile(r"^[^\s#:,\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,99}$")
 
 
 def __virtual__():
@@ -48,13 +48,6 @@ def __virtual__():
 
 
 # --- pure ----------------------------------------------------------------------------------
-
-def valid_user(user):
-    """Lower-case SASL user name fit for a map key, or raise ValueError."""
-    if not isinstance(user, str) or not _USER_RE.fullmatch(user):
-        raise ValueError(f"not a SASL user name: {str(user)[:80]!r}")
-    return user.lower()
-
 
 def check_holds(holds):
     """{user: mode} validated; errors name pillar mailfleet_sasl_holds."""
@@ -67,7 +60,7 @@ def check_holds(holds):
     out = {}
     for user, mode in holds.items():
         try:
-            key = valid_user(user)
+            key = _valid_user(user)
         except ValueError as exc:
             raise ValueError(f"pillar mailfleet_sasl_holds: {exc}") from None
         if mode not in MODES:
@@ -335,7 +328,7 @@ def sync(holds=None, release=None, test=False, seq=None):
     if seq is not None and stored is not None and seq < stored:
         return {"result": True, "changes": {}, "comment": f"hold map {seq} is older than the one in force ({stored}): ignored"}
     holds = check_holds(holds)
-    release = [valid_user(u) for u in (release or [])]
+    release = [_valid_user(u) for u in (release or [])]
     path = map_path()
     current = {}
     if os.path.exists(path):

@@ -23,6 +23,8 @@ Pure functions (``problems``, ``admin_sql``) are unit-tested; the Salt glue is t
 import ipaddress
 import re
 
+from mailfleet_sql import literal as _literal  # salt://_utils: the one SQL escaper
+
 __virtualname__ = "mailfleet_webmail"
 
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$")
@@ -93,14 +95,9 @@ def _secret(out, section, value):
         out.append(f"mailfleet:{section}:db_password: use letters, digits and _.:,+=@%^~!/- only")
 
 
-def literal(value):
-    """A SQL string literal (MariaDB escaping of backslash and quote)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def admin_sql(username, password_hash):
     """SQL making ``username`` a PostfixAdmin superadmin with this hash (idempotent)."""
-    u, p = literal(username), literal(password_hash)
+    u, p = _literal(username), _literal(password_hash)
     return (
         "INSERT INTO admin (username, password, superadmin, created, modified, active) "
         f"VALUES ({u}, {p}, 1, NOW(), NOW(), 1) ON DUPLICATE KEY UPDATE "
@@ -114,9 +111,9 @@ def admin_sql(username, password_hash):
 def admin_status(username, password_hash, database="postfix"):
     """'ok', 'missing' or 'differs' (hash, superadmin or active flag) for one admin."""
     rows = __salt__["mailfleet_db.query"](
-        f"SELECT password = {literal(password_hash)} AND superadmin = 1 AND active = 1, "
-        f"(SELECT COUNT(*) FROM domain_admins WHERE username = {literal(username)} "
-        f"AND domain = 'ALL' AND active = 1) FROM admin WHERE username = {literal(username)}",
+        f"SELECT password = {_literal(password_hash)} AND superadmin = 1 AND active = 1, "
+        f"(SELECT COUNT(*) FROM domain_admins WHERE username = {_literal(username)} "
+        f"AND domain = 'ALL' AND active = 1) FROM admin WHERE username = {_literal(username)}",
         database=database)
     if not rows:
         return "missing"
@@ -129,8 +126,8 @@ def ensure_admin(username, password_hash, database="postfix"):
 
 def db_user_exists(user):
     return bool(__salt__["mailfleet_db.query"](
-        f"SELECT 1 FROM mysql.user WHERE User = {literal(user)} AND Host = 'localhost'"))
+        f"SELECT 1 FROM mysql.user WHERE User = {_literal(user)} AND Host = 'localhost'"))
 
 
 def drop_db_user(user):
-    __salt__["mailfleet_db.query"](f"DROP USER IF EXISTS {literal(user)}@'localhost'")
+    __salt__["mailfleet_db.query"](f"DROP USER IF EXISTS {_literal(user)}@'localhost'")

@@ -34,13 +34,13 @@ host now).
 """
 import json
 import logging
-import re
 import threading
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_events
 import mailfleet_ledger
+from mailfleet_sasl_user import valid_user as _valid_user  # salt://_utils: the hosts check the same way
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ MAX_USERS = 100  # per report (the engine sends at most 100)
 # Holds in force that one reporter may have started (master config
 # mailfleet_accounts:max_holds_per_reporter): a compromised host cannot fill every host's map.
 MAX_HOLDS_PER_REPORTER = 100
-_USER_RE = re.compile(r"^[^\s#:,\x00-\x1f\x7f][^\s,\x00-\x1f\x7f]{0,99}$")
 _LOCK = threading.Lock()
 
 
@@ -59,12 +58,6 @@ def __virtual__():
 
 
 # --- pure ------------------------------------------------------------------------------------
-
-def valid_user(user):
-    if not isinstance(user, str) or not _USER_RE.fullmatch(user):
-        raise ValueError(f"not a SASL user name: {str(user)[:80]!r}")
-    return user.lower()
-
 
 def _count(v):
     return int(v) if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10 ** 9 else 0
@@ -83,7 +76,7 @@ def check_outbound(payload):
             refused.append((repr(e)[:80], "entry is not a mapping"))
             continue
         try:
-            user = valid_user(e.get("user"))
+            user = _valid_user(e.get("user"))
         except ValueError as exc:
             refused.append((repr(e.get("user"))[:80], str(exc)))
             continue
@@ -353,7 +346,7 @@ def hold(user, mode="hold", reason="held by the postmaster"):
 
         salt-run mailfleet_accounts.hold user=alice@example-a.test reason="ticket 4711"
     """
-    user = valid_user(user)
+    user = _valid_user(user)
     if mode not in ("hold", "refuse"):
         raise ValueError(f"mode must be hold or refuse, not {mode!r}")
     reason = str(reason)[:200]
@@ -384,7 +377,7 @@ def hold(user, mode="hold", reason="held by the postmaster"):
 
 def release(user, who="runner"):
     """End the hold of ``user`` in the ledger and on every host; its held mail is delivered."""
-    user = valid_user(user)
+    user = _valid_user(user)
     now = time.time()
     with _LOCK:
         led = Holds(_ledger_path())

@@ -24,30 +24,22 @@
     100,000-mailbox pillar); only hosts and dns:mta_sts are passed on. #}
 {%- set served = pillar.get("mailfleet", {}).get("domains", {}) %}
 {%- set policies = {} %}
-{%- set problems = [] %}
 {%- for domain, data in served | dictsort %}
 {%-   set dns = (data or {}).get("dns") or {} %}
-{#-   The name becomes a path below the webroot: one that could leave it is refused here
-      (the ext_pillar refuses any name that is not a domain name; this is the second line). #}
-{%-   if dns is mapping and dns.get("mta_sts") and ("/" in domain or domain.startswith(".") or "\n" in domain) %}
-{%-     do problems.append("mailfleet:domains:" ~ (domain | tojson) ~ ": not a domain name") %}
-{%-   elif dns is mapping and dns.get("mta_sts") %}
+{#-   The settings are checked by mail.validate (included: it runs first, failhard, naming
+      the bad key); a domain with a problem gets no policy. The name becomes a path below
+      the webroot: one that could leave it is never used (the ext_pillar refuses any name
+      that is not a domain name; this is the second line). #}
+{%-   if dns is mapping and dns.get("mta_sts") and not ("/" in domain or domain.startswith(".") or "\n" in domain) %}
 {%-     set res = salt["mailfleet_dnsrecords.mta_sts_policy"](domain, {"hosts": data.get("hosts"), "dns": {"mta_sts": dns.get("mta_sts")}}) %}
-{%-     if res.problems %}
-{%-       do problems.extend(res.problems) %}
-{%-     else %}
+{%-     if not res.problems %}
 {%-       do policies.update({domain | lower: res.policy}) %}
 {%-     endif %}
 {%-   endif %}
 {%- endfor %}
 include:
+  - mail.validate
   - mail.tls
-
-{%- if problems %}
-mailfleet-mta-sts-pillar:
-  test.fail_without_changes:
-    - name: {{ problems | join("; ") | json }}
-{%- endif %}
 
 mailfleet-mta-sts-scripts:
   file.managed:

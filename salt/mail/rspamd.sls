@@ -11,42 +11,19 @@
 {%- set dkim_pillar = (pillar.get("mailfleet") or {}).get("dkim") or {} %}
 {%- set parts = ["worker-proxy.inc", "worker-normal.inc", "worker-controller.inc", "options.inc",
                  "actions.conf", "dkim_signing.conf", "arc.conf", "milter_headers.conf"] %}
-{#- The DKIM pillar, checked here: a bad entry fails the run naming its key. #}
-{%- set problems = [] %}
+{#- The DKIM pillar is checked by mail.validate (included: it runs first, failhard, naming
+    the bad key); while it has a problem no key file is rendered at all. #}
 {%- set keys = {} %}
-{%- if dkim_pillar is not mapping %}
-{%-   do problems.append("mailfleet:dkim: must map domains to {selector, key_type, key}") %}
-{%- else %}
+{%- if not salt["mailfleet_config.check"](mf, dkim_pillar)["problems"] %}
 {%-   for domain, entry in dkim_pillar | dictsort %}
-{%-     set pkey = "mailfleet:dkim:" ~ domain %}
-{%-     if not (domain | string | lower | regex_match("^((?!-)[a-z0-9-]{1,63}(?<!-)[.])+[a-z][a-z0-9-]*$")) %}
-{%-       do problems.append(pkey ~ ": not a domain name") %}
-{%-     elif entry is not mapping %}
-{%-       do problems.append(pkey ~ ": must be a mapping with selector, key_type, key") %}
-{%-     elif not (entry.get("selector", "") | string | regex_match("^((?!-)[a-z0-9-]{1,63}(?<!-))([.](?!-)[a-z0-9-]{1,63}(?<!-))*$")) %}
-{%-       do problems.append(pkey ~ ":selector: " ~ (entry.get("selector") | string) ~ " is not a DKIM selector") %}
-{%-     elif entry.get("key_type", "rsa") not in ("rsa", "ed25519") %}
-{%-       do problems.append(pkey ~ ":key_type: use rsa or ed25519") %}
-{%-     elif not entry.get("key") %}
-{%-       do problems.append(pkey ~ ":key: missing or empty") %}
-{%-     elif (entry.get("key_type", "rsa") == "rsa") != (entry.key | string | trim).startswith("-----BEGIN") %}
-{%-       do problems.append(pkey ~ ":key: not a " ~ ("PEM" if entry.get("key_type", "rsa") == "rsa" else "base64 ed25519") ~ " private key") %}
-{%-     else %}
-{%-       do keys.update({domain | lower: {"selector": entry.selector | lower,
-                                           "path": L.rspamd_dkim_dir ~ "/" ~ (domain | lower) ~ "." ~ (entry.selector | lower) ~ ".key",
-                                           "pillar": pkey ~ ":key"}}) %}
-{%-     endif %}
+{%-     do keys.update({domain | lower: {"selector": entry.selector | lower,
+                                         "path": L.rspamd_dkim_dir ~ "/" ~ (domain | lower) ~ "." ~ (entry.selector | lower) ~ ".key",
+                                         "pillar": "mailfleet:dkim:" ~ domain ~ ":key"}}) %}
 {%-   endfor %}
 {%- endif %}
 include:
+  - mail.validate
   - mail.packages
-
-{%- if problems %}
-mailfleet-rspamd-dkim-pillar:
-  test.fail_without_changes:
-    - name: {{ problems | join("; ") | json }}
-    - failhard: True
-{%- endif %}
 
 mailfleet-rspamd-package:
   pkg.installed:

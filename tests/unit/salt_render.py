@@ -79,11 +79,14 @@ DEBIAN_GRAINS = dict(
 )
 
 
+_SYNCED = {}  # the session's synced extension_modules directory
+
+
 class SaltRender:
     """One minion's view of the state tree: opts, pillar and execution modules."""
 
     def __init__(self, workdir, grains, pillar=None, minion_id=MINION_ID,
-                 file_roots=None, pillar_roots=None):
+                 file_roots=None, pillar_roots=None, sync=True):
         workdir = Path(workdir)
         cachedir = workdir / "cache"
         cachedir.mkdir(parents=True, exist_ok=True)
@@ -126,6 +129,32 @@ class SaltRender:
             raise AssertionError("pillar failed to render:\n" + "\n".join(self.pillar_errors))
         self.utils = salt.loader.utils(opts)
         self.salt = salt.loader.minion_mods(opts, utils=self.utils)
+        if sync:
+            # Our extension modules, as a minion has them at a highstate (it syncs first).
+            # Synced once per test session; later renders load the same copy.
+            if _SYNCED.get("dir"):
+                opts["extension_modules"] = _SYNCED["dir"]
+            else:
+                for kind in ("utils", "modules", "states"):
+                    self.salt[f"saltutil.sync_{kind}"]()
+                _SYNCED["dir"] = opts["extension_modules"]
+            self.utils = salt.loader.utils(opts)
+            self.salt = salt.loader.minion_mods(opts, utils=self.utils)
+
+    def run_state(self, high, sid):
+        """Run the one state ``sid`` of ``high`` as the state system would (its arguments as
+        compiled, this render's pillar); returns its result dict. For checks only: a state
+        that changes the machine is not run here."""
+        import salt.loader
+        (fun_mod, body), = [(k, v) for k, v in high[sid].items() if not k.startswith("__")]
+        fun, args = next(a for a in body if isinstance(a, str)), {}
+        for arg in body:
+            if isinstance(arg, dict):
+                args.update(arg)
+        args.pop("failhard", None)
+        args.pop("order", None)
+        states = salt.loader.states(self.opts, self.salt, self.utils, {})
+        return states[f"{fun_mod}.{fun}"](name=args.pop("name", sid), **args)
 
     def show_sls(self, mods):
         """``state.show_sls``: the compiled high data; raises on a render error."""

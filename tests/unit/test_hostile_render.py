@@ -74,7 +74,8 @@ def test_a_hostile_domain_name_reaches_no_command_line_unquoted(tmp_path):
     r = _render(tmp_path / "path", _mta_sts_pillar([PATH_DOMAIN]))
     high = r.show_sls("mail.mtasts")
     assert not [c for c in _commands(high) if "tmp/p" in c[2]]
-    assert "not a domain name" in str(high["mailfleet-mta-sts-pillar"])
+    ret = r.run_state(high, "mailfleet-settings-valid")   # mail.validate, included by mail.mtasts
+    assert ret["result"] is False and "not a domain name" in ret["comment"]
 
 
 PHP_LINE = re.compile(r"^\$config\['product_name'\] = '(?:[^'\\]|\\.)*';$")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import mailfleet_config
+import mailfleet_settings_check as mailfleet_config
 
 
 def valid():
@@ -118,9 +118,15 @@ def test_several_problems_are_all_reported():
 
 
 def test_check_wraps_problems():
-    assert mailfleet_config.check(valid()) == {"valid": True, "problems": []}
-    out = mailfleet_config.check(with_("host:ssh_port", "ssh"))
+    from _modules import mailfleet_config as module
+    assert module.check(valid()) == {"valid": True, "problems": []}
+    out = module.check(with_("host:ssh_port", "ssh"))
     assert out["valid"] is False and out["problems"][0].startswith("mailfleet:host:ssh_port: ")
+    out = module.check(valid(), {"a.test": {"selector": "s1", "key_type": "rsa", "key": "c2VjcmV0"}},
+                       {"b.test": {"hosts": ["mail01.lab.test"], "dns": {"mta_sts": {"mode": "sometimes"}}}})
+    assert out["problems"] == ["mailfleet:dkim:a.test:key: not a PEM private key",
+                               next(p for p in out["problems"] if p.startswith("mailfleet:domains:b.test:dns:mta_sts"))]
+    assert "c2VjcmV0" not in str(out)
 
 
 def test_an_unsupported_os_family_renders_but_is_refused(tmp_path):

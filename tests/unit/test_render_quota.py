@@ -9,7 +9,7 @@ render-only) and for the 2.4 template alone. The lab test (tests/lab/test_21_*) 
 import pytest
 
 from salt_render import DEBIAN_GRAINS, SaltRender
-import mailfleet_config
+import mailfleet_settings_check as mailfleet_config
 from test_render_dovecot24 import SAMPLE, settings
 
 

@@ -95,7 +95,16 @@ def test_signing_milter_and_headers_config(good):
      "mailfleet:dkim:example-a.test:key: not a PEM private key"),
 ])
 def test_bad_dkim_pillar_fails_the_run_naming_the_key(tmp_path, entry, message):
-    _, _, chunks = _render(tmp_path, {"example-a.test": entry})
-    fail = _by_id(chunks, "mailfleet-rspamd-dkim-pillar")
-    assert fail["name"] == message and fail["failhard"] is True
+    r, high, chunks = _render(tmp_path, {"example-a.test": entry})
+    check = _by_id(chunks, "mailfleet-settings-valid")   # mail.validate, included: runs first
+    assert check["failhard"] is True and check["order"] == 1
+    ret = r.run_state(high, "mailfleet-settings-valid")
+    assert ret["result"] is False and message in ret["comment"].splitlines()
+    assert "PRIVATE KEY" not in ret["comment"] and "bm90IGEga2V5" not in ret["comment"]
     assert not [c for c in chunks if c[0].startswith("mailfleet-rspamd-dkim-key-")]
+
+
+def test_a_good_dkim_pillar_passes_the_check(good):
+    r, high, _ = good
+    ret = r.run_state(high, "mailfleet-settings-valid")
+    assert ret["result"] is True, ret["comment"]
