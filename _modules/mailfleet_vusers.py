@@ -20,8 +20,6 @@ def __virtual__():
     return __virtualname__
 
 
-# MariaDB's socket where the pillar names none (salt/mail/parameters: lookup.mysql_socket)
-_OS_SOCKET = {"FreeBSD": "/var/run/mysql/mysql.sock"}
 
 
 def _pillar_cfg(mailfleet):
@@ -38,7 +36,10 @@ def _host(host_filter):
 def _socket(socket):
     if socket:
         return socket
-    return _OS_SOCKET.get(__grains__.get("os_family"), _DEFAULT_SOCKET)
+    # The mail.vusers state passes the formula's lookup.mysql_socket (salt/mail/parameters);
+    # a call from the CLI reads the pillar's override, else Debian's socket.
+    lookup = (__pillar__.get("mailfleet") or {}).get("lookup") or {}
+    return lookup.get("mysql_socket") or _DEFAULT_SOCKET
 
 
 def validate(mailfleet=None):
@@ -71,7 +72,8 @@ def diff(full=False, host_filter=True, vmail_dir=DEFAULT_VMAIL, socket=None, mai
     vmail_dir
         maildir base, for the archive paths of purged mailboxes (default /var/vmail)
     socket
-        MariaDB's unix socket when ``mailfleet:db`` names none (default: the OS's)
+        MariaDB's unix socket when ``mailfleet:db`` names none (default: pillar
+        ``mailfleet:lookup:mysql_socket``, else ``/run/mysqld/mysqld.sock``)
     mailfleet
         use this mapping instead of the ``mailfleet`` pillar
 
@@ -111,7 +113,8 @@ def sync(test=None, full=False, host_filter=True, vmail_dir=DEFAULT_VMAIL, batch
     batch_size
         rows per executemany batch (default 1000)
     socket
-        MariaDB's unix socket when ``mailfleet:db`` names none (default: the OS's)
+        MariaDB's unix socket when ``mailfleet:db`` names none (default: pillar
+        ``mailfleet:lookup:mysql_socket``, else ``/run/mysqld/mysqld.sock``)
     mailfleet
         use this mapping instead of the ``mailfleet`` pillar
 

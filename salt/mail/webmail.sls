@@ -7,42 +7,9 @@
 {%- set L = mf.lookup %}
 {%- set web = mf.get("webmail") or {} %}
 {%- set pfa = mf.get("postfixadmin") or {} %}
-{#- Paths and names: Debian's packages (run in the lab); FreeBSD's ports (rendered, not run).
-    Any of them can be overridden in mailfleet:lookup. #}
-{%- if L.os == "FreeBSD" %}
-{%-   set dflt = {"php_fpm_pool_dir": "/usr/local/etc/php-fpm.d", "php_fpm_service": "php_fpm",
-                  "php_fpm_check": "php-fpm -t", "php_fpm_bin": "php-fpm", "php_bin": "php",
-                  "php_fpm_run_dir": "/var/run/php-fpm", "nginx_user": "www",
-                  "roundcube_public": "/usr/local/www/roundcube",
-                  "roundcube_packages": ["roundcube-php83", "php83-mysqli", "php83-pdo_mysql"],
-                  "roundcube_schema": "/usr/local/www/roundcube/SQL/mysql.initial.sql",
-                  "roundcube_config": "/usr/local/www/roundcube/config/config.inc.php",
-                  "roundcube_temp": "/usr/local/www/roundcube/temp",
-                  "postfixadmin_public": "/usr/local/www/postfixadmin/public",
-                  "postfixadmin_packages": ["postfixadmin-php83", "php83-mysqli"],
-                  "postfixadmin_etc": "/usr/local/www/postfixadmin",
-                  "postfixadmin_templates_c": "/usr/local/www/postfixadmin/templates_c",
-                  "doveadm": "/usr/local/bin/doveadm", "nologin": "/usr/sbin/nologin",
-                  "reload_nginx": "service nginx reload",
-                  "reload_php_fpm": "service php_fpm status >/dev/null 2>&1 && service php_fpm reload || true"} %}
-{%- else %}
-{%-   set dflt = {"php_fpm_pool_dir": "/etc/php/8.2/fpm/pool.d", "php_fpm_service": "php8.2-fpm",
-                  "php_fpm_check": "php-fpm8.2 -t", "php_fpm_bin": "php-fpm8.2", "php_bin": "php8.2",
-                  "php_fpm_run_dir": "/run/php", "nginx_user": "www-data",
-                  "roundcube_public": "/var/lib/roundcube/public_html",
-                  "roundcube_packages": ["roundcube-core", "roundcube-mysql", "php-fpm", "php-mysql"],
-                  "roundcube_schema": "/usr/share/roundcube/SQL/mysql.initial.sql",
-                  "roundcube_config": "/etc/roundcube/config.inc.php",
-                  "roundcube_temp": "/var/lib/roundcube/temp",
-                  "postfixadmin_public": "/usr/share/postfixadmin/public",
-                  "postfixadmin_packages": ["postfixadmin", "php-fpm", "php-mysql"],
-                  "postfixadmin_etc": "/etc/postfixadmin",
-                  "postfixadmin_templates_c": "/var/cache/postfixadmin/templates_c",
-                  "doveadm": "/usr/bin/doveadm", "nologin": "/usr/sbin/nologin",
-                  "reload_nginx": "systemctl reload nginx",
-                  "reload_php_fpm": "systemctl try-reload-or-restart php8.2-fpm"} %}
-{%- endif %}
-{%- set W = salt["slsutil.merge"](dflt, L, strategy="recurse") %}
+{#- Paths, packages and the PHP version come from parameters/ (os_family, osfinger) and
+    mailfleet:lookup, like every other per-OS value. #}
+{%- set W = L %}
 {%- set php_pool_dir = W.php_fpm_pool_dir %}
 {%- set php_service = W.php_fpm_service %}
 {%- set php_check = W.php_fpm_check %}
@@ -53,16 +20,16 @@
 {%- set apps = {
       "roundcube": {
         "on": web.get("enabled") is sameas true,
-        "user": "mf-roundcube",
+        "user": W.roundcube_user,
         "root": W.roundcube_public,
         "packages": W.roundcube_packages,
-        "max_children": 6, "upload_max": "25M"},
+        "max_children": W.roundcube_max_children, "upload_max": W.roundcube_upload_max},
       "postfixadmin": {
         "on": pfa.get("enabled") is sameas true,
-        "user": "mf-postfixadmin",
+        "user": W.postfixadmin_user,
         "root": W.postfixadmin_public,
         "packages": W.postfixadmin_packages,
-        "max_children": 3, "upload_max": "2M"},
+        "max_children": W.postfixadmin_max_children, "upload_max": W.postfixadmin_upload_max},
     } %}
 {%- set any_on = apps.roundcube.on or apps.postfixadmin.on %}
 

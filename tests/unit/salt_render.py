@@ -78,6 +78,9 @@ DEBIAN_GRAINS = dict(
     ps="ps -efHww",
 )
 
+# Debian 13 (trixie), the keys that differ from Debian 12.
+DEBIAN13_GRAINS = dict(DEBIAN_GRAINS, kernelrelease="6.12.48+deb13-amd64", osrelease="13", osrelease_info=[13],
+                       osmajorrelease=13, oscodename="trixie", osfinger="Debian-13")
 
 _SYNCED = {}  # the session's synced extension_modules directory
 
