@@ -1,7 +1,15 @@
 {%- from "mail/map.jinja" import mf with context %}
 {%- set L = mf.lookup %}
+{%- from "mail/sysrc.jinja" import sysrc with context %}
 include:
   - mail.packages
+{{ sysrc(L, "database") }}
+
+mailfleet-state-dir:
+  file.directory:
+    - name: /var/lib/mailfleet
+    - mode: "0750"
+    - makedirs: True
 
 mailfleet-mariadb-config:
   file.managed:

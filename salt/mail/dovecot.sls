@@ -1,9 +1,12 @@
 {%- from "mail/map.jinja" import mf with context %}
 {%- set L = mf.lookup %}
+{%- from "mail/sysrc.jinja" import sysrc with context %}
 include:
   - mail.packages
   - mail.database
   - mail.tls
+  - mail.vmail
+{{ sysrc(L, "dovecot") }}
 
 {%- if mf.lookup.dovecot_major == "2.3" %}
 mailfleet-dovecot-sql:

@@ -2,8 +2,10 @@
 {%- set L = mf.lookup %}
 {%- set ports = [25, 587, 993, 80, 443] + ([465] if mf.host.submissions else [])
                 + [mf.host.ssh_port] + mf.host.extra_tcp_ports %}
+{%- from "mail/sysrc.jinja" import sysrc with context %}
 include:
   - mail.packages
+{{ sysrc(L, "firewall") }}
 
 {%- if L.firewall == "nftables" %}
 {#- The ruleset is checked (nft -c) before it replaces the live file, and loading it

@@ -2,10 +2,12 @@
 {%- set L = mf.lookup %}
 {%- set sql_maps = ["domains", "mailboxes", "alias_domain_mailboxes", "aliases",
                     "alias_domain_aliases", "catchall", "alias_domain_catchall", "sender_login"] %}
+{%- from "mail/sysrc.jinja" import sysrc with context %}
 include:
   - mail.packages
   - mail.database
   - mail.tls
+{{ sysrc(L, "postfix") }}
 
 {#- Every candidate main.cf/master.cf is checked with postconf beside the live other half
     before it replaces the live file; a bad one leaves the running config untouched. #}

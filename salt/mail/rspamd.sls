@@ -21,9 +21,11 @@
                                          "pillar": "mailfleet:dkim:" ~ domain ~ ":key"}}) %}
 {%-   endfor %}
 {%- endif %}
+{%- from "mail/sysrc.jinja" import sysrc with context %}
 include:
   - mail.validate
   - mail.packages
+{{ sysrc(L, "rspamd") }}
 
 mailfleet-rspamd-package:
   pkg.installed:

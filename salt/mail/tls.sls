@@ -1,8 +1,10 @@
 {%- from "mail/map.jinja" import mf with context %}
 {%- set L = mf.lookup %}
 {%- set names = [mf.host.myhostname] + mf.tls.extra_names %}
+{%- from "mail/sysrc.jinja" import sysrc with context %}
 include:
   - mail.packages
+{{ sysrc(L, "tls") }}
 
 {#- nginx on 80: ACME HTTP-01 challenges from a webroot; everything else goes to HTTPS. #}
 mailfleet-acme-webroot:

@@ -121,7 +121,7 @@ def _master_services(text):
 
 def test_every_sls_renders_and_every_template_is_rendered(freebsd):
     sls = {body["__sls__"] for body in freebsd.high.values()}
-    assert sls == {"mail.validate", "mail.packages", "mail.database", "mail.tls", "mail.postfix",
+    assert sls == {"mail.validate", "mail.packages", "mail.vmail", "mail.database", "mail.tls", "mail.postfix",
                    "mail.dovecot", "mail.rspamd", "mail.firewall", "mail.defense", "mail.dnsbl",
                    "mail.vusers", "mail.webmail", "mail.mtasts", "mail.outbound_hold", "mail.sasl_hold"}
     templated = {c[3]["source"] for c in freebsd.salt.file_templates(freebsd.high)}
