@@ -1,6 +1,6 @@
 """
 Forward-confirmed reverse DNS (FCrDNS) of this mail host, as the world's resolvers see it,
-and the outbound hold it drives ("STOP until the PTR matches", the seed article).
+and the outbound hold it drives (no sending while the PTR does not name the host).
 
 For every address the host sends from, the PTR must name the host (``myhostname``, the
 name in its HELO) and that name's A/AAAA must contain the address again. Receivers that

@@ -1,5 +1,5 @@
 """
-Hold this host's outbound mail while its FCrDNS fails (the seed article's "STOP until
+Hold this host's outbound mail while its FCrDNS fails (never send while the PTR does not match: "STOP until
 the PTR matches"), release it when it passes.
 
 .. code-block:: yaml

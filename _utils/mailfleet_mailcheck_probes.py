@@ -127,7 +127,7 @@ def _starttls(client, host, cafile):
 
 
 def check_smtp(host, ip, port, timeout):
-    """Banner, EHLO, STARTTLS offered (seed section 10, part 1)."""
+    """Banner, EHLO, STARTTLS offered."""
     name = f"smtp-{port}"
     try:
         client, code, msg = _smtp_open(ip, host, port, timeout)
@@ -264,7 +264,7 @@ def wrong_password_step(host, ip, port, cafile, user, timeout):
 
 
 def check_submission(host, ip, port, cafile, user, password, timeout):
-    """Submission (seed section 10, part 2): no AUTH before STARTTLS; STARTTLS verified and
+    """Submission: no AUTH before STARTTLS; STARTTLS verified and
     naming the host; the probe mailbox logs in; a wrong password is refused (535)."""
     steps, go_on = submission_steps(host, ip, port, cafile, user, password, timeout)
     if go_on:
@@ -273,7 +273,7 @@ def check_submission(host, ip, port, cafile, user, password, timeout):
 
 
 def check_imaps(host, ip, port, cafile, user, password, timeout):
-    """IMAPS (seed section 10, part 2): TLS verified and naming the host, LOGIN, SELECT."""
+    """IMAPS: TLS verified and naming the host, LOGIN, SELECT."""
     name = f"imaps-{port}"
     steps = []
     try:

@@ -82,7 +82,7 @@ def code_class(code):
 
 def smtp_verdict(host, banner_code, banner_msg, ehlo_code, ehlo_msg):
     """
-    Port 25 as the seed's telnet session sees it: a 220 banner naming the host, an answered
+    Port 25 as a telnet session sees it: a 220 banner naming the host, an answered
     EHLO, STARTTLS offered. Returns ``(ok, detail)``.
     """
     banner = reply_text(banner_code, banner_msg)
@@ -153,7 +153,7 @@ def bad_password_verdict(code, msg):
 
 def closed_verdict(port, outcome, info=""):
     """
-    A port that must stay closed (seed section 11: 143, 110): ``outcome`` is ``refused``,
+    A port that must stay closed (the plaintext ports 143 and 110): ``outcome`` is ``refused``,
     ``timeout``, ``unreachable`` (ICMP reject) or ``open``; ``info`` the banner or error.
     """
     if outcome == "refused":
@@ -215,7 +215,7 @@ def cert_verdict(host, peercert):
 
 def fcrdns_verdict(host, ip, a_records, ptr_names, a_error=None, ptr_error=None):
     """
-    Forward-confirmed reverse DNS (seed section 2, PTR): the host's A (AAAA for IPv6)
+    Forward-confirmed reverse DNS (PTR): the host's A (AAAA for IPv6)
     records hold ``ip``, and the PTR of ``ip`` is the host. Names compare without case and
     trailing dot. Returns ``(ok, detail)``.
     """

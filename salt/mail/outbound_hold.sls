@@ -1,4 +1,4 @@
-{#- "STOP until the PTR matches" (the seed article): with the pillar switch
+{#- "STOP until the PTR matches": with the pillar switch
     mailfleet:deliverability:hold_outbound_on_bad_ptr, this host's mail to other domains is
     held, deferred and never bounced, while its forward-confirmed reverse DNS fails, and
     released (and the queue flushed) when it passes.

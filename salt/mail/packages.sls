@@ -7,7 +7,7 @@ mailfleet-packages:
     - pkgs: {{ L.packages | json }}
 
 {%- if L.os == "FreeBSD" %}
-{#- The seed's rule: lock postfix and dovecot so `pkg upgrade` never swaps them at 3 a.m. #}
+{#- Lock postfix and dovecot so `pkg upgrade` never swaps them at 3 a.m. #}
 {%- for name in L.locked_packages %}
 mailfleet-pkg-lock-{{ name }}:
   cmd.run:
