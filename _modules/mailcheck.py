@@ -55,6 +55,11 @@ __virtualname__ = "mailcheck"
 DEFAULT_CAFILE = "/etc/ssl/certs/ca-certificates.crt"
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("ritual", "report")
+
+
 def __virtual__():
     if not HAS_DNSPYTHON:
         return False, "mailcheck needs dnspython (pip install dnspython)"

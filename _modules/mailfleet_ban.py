@@ -32,6 +32,11 @@ MAX_BATCH = 100_000
 NFT = "nft"
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("add", "remove", "listed", "reconcile")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -121,7 +126,15 @@ def add(addresses, timeout=None):
 
 
 def remove(addresses):
-    """Unban: delete the elements that are present (absent ones are not an error)."""
+    """
+    Unban: delete the elements that are present (absent ones are not an error).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*mail*' mailfleet_ban.remove '[198.19.0.5]'
+    """
     items, bad = _items(addresses, None)
     present = listed()
     items = {a: v for a, v in items.items() if a in present}
@@ -149,7 +162,15 @@ def parse_listing(doc):
 
 
 def listed():
-    """{address: seconds left} of both ban sets."""
+    """
+    {address: seconds left} of both ban sets.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*mail*' mailfleet_ban.listed
+    """
     out = {}
     for name in SETS.values():
         proc = subprocess.run([*_nft_argv(), "-j", "list", "set", *TABLE.split(), name],

@@ -14,6 +14,11 @@ import mailfleet_certcheck as _check
 __virtualname__ = "mailfleet_certwatch"
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("settings", "status", "renew", "reload")
+
+
 def __virtual__():
     return __virtualname__
 

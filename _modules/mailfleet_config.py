@@ -10,6 +10,11 @@ import mailfleet_settings_check as _check
 __virtualname__ = "mailfleet_config"
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("check", "mapdata")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -41,7 +46,8 @@ def mapdata(cfg):
 
     .. code-block:: bash
 
-        salt mail01.lab.test state.apply mail._mapdata
+        salt mail01.lab.test mailfleet_config.mapdata '{"lookup": {"postfix_dir": "/etc/postfix"}}'
+        salt mail01.lab.test state.apply mail._mapdata   # the host's own merged map
     """
     return "# mail/map.jinja merged settings (mail._mapdata); secrets masked\n" + \
         _yaml.safe_dump(_masked(cfg), default_flow_style=False, sort_keys=True)

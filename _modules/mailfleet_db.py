@@ -17,6 +17,11 @@ IDENT = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 CREATE_TABLE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?`([^`]+)`", re.I)
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("query", "missing_tables", "ensure_database", "user_state", "ensure_user")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -52,14 +57,30 @@ def schema_tables(schema_path):
 
 
 def missing_tables(name, schema_path):
-    """Tables the schema file creates that database ``name`` lacks ([] when complete)."""
+    """
+    Tables the schema file creates that database ``name`` lacks ([] when complete).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_db.missing_tables postfix /var/lib/mailfleet/postfixadmin-3.3.13.sql
+    """
     present = {row[0] for row in query(
         f"SELECT table_name FROM information_schema.tables WHERE table_schema = {_literal(name)}")}
     return [t for t in schema_tables(schema_path) if t not in present]
 
 
 def ensure_database(name, schema_path):
-    """Create database ``name`` (utf8mb4) and load the schema file; idempotent."""
+    """
+    Create database ``name`` (utf8mb4) and load the schema file; idempotent.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_db.ensure_database postfix /var/lib/mailfleet/postfixadmin-3.3.13.sql
+    """
     query(f"CREATE DATABASE IF NOT EXISTS {ident(name, 'database')} "
           f"CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
     with open(schema_path, encoding="utf-8") as handle:
@@ -67,7 +88,17 @@ def ensure_database(name, schema_path):
 
 
 def user_state(user, password, database):
-    """What an account looks like now: exists, password matches, privileges on ``database``."""
+    """
+    What an account looks like now: exists, password matches, privileges on ``database``.
+
+    The password is compared, never returned.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_db.user_state postfix_ro "$PASSWORD" postfix
+    """
     rows = query(f"SELECT authentication_string = PASSWORD({_literal(password)}) FROM mysql.user "
                  f"WHERE User = {_literal(user)} AND Host = 'localhost'")
     grantee = _literal(f"'{user}'@'localhost'")
@@ -82,7 +113,15 @@ def user_state(user, password, database):
 
 
 def ensure_user(user, password, database, privileges):
-    """Make ``user``@localhost exist with exactly ``privileges`` on ``database``, nothing global."""
+    """
+    Make ``user``@localhost exist with exactly ``privileges`` on ``database``, nothing global.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_db.ensure_user postfix_ro "$PASSWORD" postfix '[SELECT]'
+    """
     account = f"{_literal(user)}@'localhost'"
     db = ident(database, "database")
     wanted = sorted({p.upper() for p in privileges})

@@ -10,6 +10,11 @@ import mailfleet_dnsbl_lookup as _lookup
 __virtualname__ = "mailfleet_dnsbl"
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("check",)
+
+
 def __virtual__():
     return __virtualname__
 

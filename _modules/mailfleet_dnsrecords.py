@@ -11,6 +11,11 @@ import mailfleet_records  # salt://_utils: on sys.path for execution modules
 __virtualname__ = "mailfleet_dnsrecords"
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("mta_sts_policy",)
+
+
 def __virtual__():
     return __virtualname__
 

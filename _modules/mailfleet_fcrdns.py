@@ -33,6 +33,11 @@ HOLD_STATUS = "4.7.1"
 _SAFE_TEXT = re.compile(r"[^A-Za-z0-9 .,:;()/_@=+-]")
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("check", "hold_table")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -106,6 +111,12 @@ def hold_table(reason=None):
     other domains (the default transport only: local and virtual domains are untouched)
     to the ``retry`` transport, which defers it with ``reason`` (mailq shows it; a flush
     defers it again). Without: no rule, the default transport applies.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_fcrdns.hold_table 'PTR of 198.18.0.11 missing'
     """
     head = ("# Managed by mailfleet (salt://mail/outbound_hold.sls): do not edit.\n"
             "# mailfleet:deliverability:hold_outbound_on_bad_ptr. A rule here defers all mail to\n"

@@ -15,6 +15,11 @@ __virtualname__ = "mailfleet_maillog"
 _TOP_MAX = 1000
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("scan",)
+
+
 def __virtual__():
     return __virtualname__
 

@@ -11,6 +11,11 @@ import mailfleet_postqueue as _postqueue
 __virtualname__ = "mailfleet_queue"
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("queue_settings", "status")
+
+
 def __virtual__():
     return __virtualname__
 

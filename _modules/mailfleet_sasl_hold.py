@@ -43,6 +43,11 @@ MAX_USERS = 10_000
 # Postfix logs at most 100 characters of a SASL name; keys must be one map token.
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("sync", "status", "map_path")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -125,6 +130,16 @@ def _fresh_holds():
 
 
 def map_path(postfix_dir=None):
+    """
+    The path of the held-users map Postfix reads (under ``postfix_dir``, default the
+    host's Postfix configuration directory).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_sasl_hold.map_path
+    """
     return os.path.join(postfix_dir or _postfix_dir(), "mailfleet_sasl_hold")
 
 
@@ -312,12 +327,20 @@ def _stored_seq(path, now=None):
 
 
 def sync(holds=None, release=None, test=False, seq=None):
-    """Make the host follow ``holds`` ({user: mode}; default pillar ``mailfleet_sasl_holds``).
+    """
+    Make the host follow ``holds`` ({user: mode}; default pillar ``mailfleet_sasl_holds``).
 
     ``release``: users whose held messages are released even if the map no longer names them
     (the runner passes the user it releases). ``seq``: the ledger's sequence number of this
     map; a map older than the one applied last is ignored (pushes arrive in any order).
-    Returns what changed."""
+    Returns what changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_sasl_hold.sync test=True
+    """
     if holds is None:
         holds, seq = _fresh_holds()
         if holds is None:
@@ -384,7 +407,15 @@ def sync(holds=None, release=None, test=False, seq=None):
 
 
 def status():
-    """The map's users and the held messages of each (envelope sender)."""
+    """
+    The map's users and the held messages of each (envelope sender).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_sasl_hold.status
+    """
     path = map_path()
     current = {}
     if os.path.exists(path):

@@ -26,6 +26,11 @@ WATCH_DIR = "/var/lib/mailfleet/watch"  # fixed by the engine stanza (mailfleet_
 TAGS = ("mailfleet/abuse/report", "mailfleet/dnsbl/transition", "mailfleet/cert/problem")
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("fire",)
+
+
 def __virtual__():
     return __virtualname__
 
@@ -43,8 +48,16 @@ def _key():
 
 
 def fire(data, tag):
-    """Sign ``data`` (a mapping or its JSON text) with this host's report key and fire it to
-    the master on ``tag`` (one of the report tags). Returns True when sent."""
+    """
+    Sign ``data`` (a mapping or its JSON text) with this host's report key and fire it to
+    the master on ``tag`` (one of the report tags). Returns True when sent.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mailfleet_signed.fire '{"host": "mail01.lab.test", "offenders": []}' mailfleet/abuse/report
+    """
     if tag not in TAGS:
         raise ValueError(f"tag must be one of {', '.join(TAGS)}")
     if isinstance(data, str):

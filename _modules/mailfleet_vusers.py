@@ -16,6 +16,11 @@ from mailfleet_vusers_sync import run_sync as _run_sync
 __virtualname__ = "mailfleet_vusers"
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("validate", "diff", "sync")
+
+
 def __virtual__():
     return __virtualname__
 

@@ -34,12 +34,25 @@ BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 SECRET = re.compile(r"^[A-Za-z0-9_.:,+=@%^~!/-]+$")
 
 
+# The operator surface: what Salt's loader exposes (and `sys.doc` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("problems", "admin_status", "ensure_admin", "db_user_exists", "drop_db_user")
+
+
 def __virtual__():
     return __virtualname__
 
 
 def problems(cfg):
-    """"pillar key: what is wrong" strings for mailfleet:webmail / mailfleet:postfixadmin."""
+    """
+    "pillar key: what is wrong" strings for mailfleet:webmail / mailfleet:postfixadmin.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_webmail.problems '{"webmail": {"enabled": true}}'
+    """
     out = []
     web = cfg.get("webmail") or {}
     pfa = cfg.get("postfixadmin") or {}
@@ -109,7 +122,15 @@ def admin_sql(username, password_hash):
 
 
 def admin_status(username, password_hash, database="postfix"):
-    """'ok', 'missing' or 'differs' (hash, superadmin or active flag) for one admin."""
+    """
+    'ok', 'missing' or 'differs' (hash, superadmin or active flag) for one admin.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_webmail.admin_status admin@example-a.test '{ARGON2ID}...'
+    """
     rows = __salt__["mailfleet_db.query"](
         f"SELECT password = {_literal(password_hash)} AND superadmin = 1 AND active = 1, "
         f"(SELECT COUNT(*) FROM domain_admins WHERE username = {_literal(username)} "
@@ -121,13 +142,41 @@ def admin_status(username, password_hash, database="postfix"):
 
 
 def ensure_admin(username, password_hash, database="postfix"):
+    """
+    Make ``username`` a PostfixAdmin superadmin with ``password_hash`` (idempotent).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_webmail.ensure_admin admin@example-a.test '{ARGON2ID}...'
+    """
     __salt__["mailfleet_db.query"](admin_sql(username, password_hash), database=database)
 
 
 def db_user_exists(user):
+    """
+    True when the MariaDB account ``user``@localhost exists.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_webmail.db_user_exists roundcube
+    """
     return bool(__salt__["mailfleet_db.query"](
         f"SELECT 1 FROM mysql.user WHERE User = {_literal(user)} AND Host = 'localhost'"))
 
 
 def drop_db_user(user):
+    """
+    Drop the MariaDB account ``user``@localhost of an application switched off (its
+    database stays).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt mail01.lab.test mailfleet_webmail.drop_db_user roundcube
+    """
     __salt__["mailfleet_db.query"](f"DROP USER IF EXISTS {_literal(user)}@'localhost'")

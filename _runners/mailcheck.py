@@ -30,6 +30,11 @@ __virtualname__ = "mailcheck"
 RITUAL_KWARGS = ("host", "ip", "cafile", "timeout", "address", "password", "ports", "checks")
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("fleet",)
+
+
 def __virtual__():
     return __virtualname__
 

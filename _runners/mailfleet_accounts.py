@@ -53,6 +53,11 @@ MAX_HOLDS_PER_REPORTER = 100
 _LOCK = threading.Lock()
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("hold", "release", "holds", "reconcile", "outbound", "queue")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -272,8 +277,19 @@ def _cap():
 
 
 def outbound(minion, payload):
-    """The reactor path (called by mailfleet_defense.report with a checked report):
-    hold / refuse the users over the threshold. Returns what was done."""
+    """
+    The reactor path (called by mailfleet_defense.report with a checked report):
+    hold / refuse the users over the threshold. Returns what was done.
+
+    ``payload`` is a report already checked by mailfleet_defense.report; calling it by hand
+    acts as that host's report would.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_accounts.outbound mail01.lab.test '{"outbound": []}'
+    """
     users, refused = check_outbound(payload)
     served = _served_domains(minion) if users else set()
     if users and served is None:
@@ -318,7 +334,15 @@ def outbound(minion, payload):
 
 
 def queue(minion, payload):
-    """The queue part of a report: alert (deduplicated by mailfleet_alert)."""
+    """
+    The queue part of a report: alert (deduplicated by mailfleet_alert).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_accounts.queue mail01.lab.test '{"queue": {}}'
+    """
     try:
         q = check_queue(payload)
     except ValueError as exc:
@@ -376,7 +400,15 @@ def hold(user, mode="hold", reason="held by the postmaster"):
 
 
 def release(user, who="runner"):
-    """End the hold of ``user`` in the ledger and on every host; its held mail is delivered."""
+    """
+    End the hold of ``user`` in the ledger and on every host; its held mail is delivered.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_accounts.release alice@example-a.test
+    """
     user = _valid_user(user)
     now = time.time()
     with _LOCK:
@@ -396,7 +428,15 @@ def release(user, who="runner"):
 
 
 def reconcile():
-    """Push the ledger's holds to every host now (the hosts' schedule does it anyway)."""
+    """
+    Push the ledger's holds to every host now (the hosts' schedule does it anyway).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_accounts.reconcile
+    """
     led = Holds(_ledger_path())
     try:
         holds, seq = led.current(), led.seq()
@@ -406,7 +446,15 @@ def reconcile():
 
 
 def holds(all=False):
-    """The ledger: holds in force (``all=True``: every episode, released ones too)."""
+    """
+    The ledger: holds in force (``all=True``: every episode, released ones too).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_accounts.holds all=True
+    """
     led = Holds(_ledger_path())
     try:
         rows = led.rows(include_all=bool(all))

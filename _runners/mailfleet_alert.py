@@ -56,6 +56,11 @@ SEVERITIES = ("info", "warning", "critical")
 MAX_FIELD = 200
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("send", "recent")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -233,8 +238,16 @@ def _fire(tag, data):
 
 
 def send(kind, subject, message, details=None, severity="warning"):
-    """Raise one alert (deduplicated and rate-limited per kind+subject). Returns what was
-    done per channel, or ``{"suppressed": True}``."""
+    """
+    Raise one alert (deduplicated and rate-limited per kind+subject). Returns what was
+    done per channel, or ``{"suppressed": True}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_alert.send test_alert mail01.lab.test 'a test alert' severity=info
+    """
     kind = "".join(c for c in str(kind) if c.isalnum() or c in "_-")[:64] or "alert"
     subject = clip(subject)
     now = time.time()
@@ -280,7 +293,15 @@ def send(kind, subject, message, details=None, severity="warning"):
 
 
 def recent(hours=24):
-    """Alerts of the last ``hours``: sent ones with their channels, held-back ones too."""
+    """
+    Alerts of the last ``hours``: sent ones with their channels, held-back ones too.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_alert.recent hours=6
+    """
     conf = settings()
     th = Throttle(_ledger(), conf["period"])
     try:

@@ -54,6 +54,11 @@ PROBLEM_RE = re.compile(r"^(expiring|missing|(stale|unreachable):[0-9]{1,5})$")
 _LOCK = threading.Lock()
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("problem", "history", "clear")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -253,7 +258,15 @@ def _act(host, name, action, old_serial, conf, threshold):
 
 
 def problem(minion=None, payload=None):
-    """Decide on one mailfleet/cert/problem event (the cert reactor calls this with the raw event)."""
+    """
+    Decide on one mailfleet/cert/problem event (the cert reactor calls this with the raw event).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_certs.problem mail01.lab.test '{...}'  # what reactor/cert.sls does
+    """
     conf = _conf()
     now = time.time()
     try:
@@ -331,7 +344,15 @@ def problem(minion=None, payload=None):
 
 
 def history(hours=24 * 30):
-    """The ledger's renewals and reloads of the last ``hours``."""
+    """
+    The ledger's renewals and reloads of the last ``hours``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_certs.history hours=48
+    """
     led = Ledger(_ledger_path())
     try:
         rows = led.rows(time.time() - float(hours) * 3600)
@@ -343,7 +364,15 @@ def history(hours=24 * 30):
 
 
 def clear(host, lineage=None):
-    """Lift the cooldown of a host's lineage(s) (the attempts stay in the ledger, marked cleared)."""
+    """
+    Lift the cooldown of a host's lineage(s) (the attempts stay in the ledger, marked cleared).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_certs.clear mail01.lab.test
+    """
     led = Ledger(_ledger_path())
     try:
         return {"cleared": led.clear(host, lineage)}

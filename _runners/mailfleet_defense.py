@@ -70,6 +70,11 @@ DEFAULTS = {
 ALERT_TAG = "mailfleet/alert/ban_rate"
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("report", "drain", "bans", "unban", "forget_reporter", "release")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -481,7 +486,15 @@ def _apply_due(led, pol, now):
 
 
 def report(minion=None, payload=None, tag=None):
-    """Decide on one abuse report (the abuse reactor calls this with the raw event)."""
+    """
+    Decide on one abuse report (the abuse reactor calls this with the raw event).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_defense.report mail01.lab.test '{...}'  # what reactor/abuse.sls does
+    """
     pol = _policy()
     now = time.time()
     try:
@@ -548,7 +561,15 @@ def _alert_rate(minion, queued, pol):
 
 
 def drain():
-    """Send the queued bans whose turn has come (master schedule, every few seconds)."""
+    """
+    Send the queued bans whose turn has come (master schedule, every few seconds).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_defense.drain
+    """
     pol = _policy()
     now = time.time()
     led = Ledger(ledger_path(__opts__))
@@ -567,7 +588,15 @@ def drain():
 
 
 def bans(all=False):
-    """The ledger: bans in force (``all=True``: every row ever recorded)."""
+    """
+    The ledger: bans in force (``all=True``: every row ever recorded).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_defense.bans all=True
+    """
     led = Ledger(ledger_path(__opts__))
     try:
         rows = led.rows(time.time(), include_all=bool(all))
@@ -653,6 +682,14 @@ def forget_reporter(host, unban=False):
 
 
 def release(user):
-    """Release a held SASL user (see _runners/mailfleet_accounts.py): its hold ends on every
-    host and its held mail is delivered."""
+    """
+    Release a held SASL user (see _runners/mailfleet_accounts.py): its hold ends on every
+    host and its held mail is delivered.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_defense.release alice@example-a.test
+    """
     return __salt__["mailfleet_accounts.release"](user)

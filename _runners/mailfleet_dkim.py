@@ -41,6 +41,11 @@ DEFAULT_DKIM_DIR = "/var/lib/mailfleet-master/dkim"
 MAX_STEPS = 12
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("ensure", "status")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -342,7 +347,15 @@ def ensure(tgt="*mail*", tgt_type="glob", domains=None, rotate=False, wait=10, p
 
 
 def status(tgt="*mail*", tgt_type="glob", domains=None):
-    """The selectors of every served domain and their status."""
+    """
+    The selectors of every served domain and their status.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_dkim.status domains=example-a.test
+    """
     base = _dir()
     out = {}
     for name in _domains(tgt, tgt_type, domains):

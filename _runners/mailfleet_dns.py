@@ -52,6 +52,11 @@ DEFAULT_DKIM_DIR = "/var/lib/mailfleet-master/dkim"
 MACHINE_OUTPUTS = ("json", "yaml", "raw", "pprint", "newline_values_only", "key", "txt")
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("publish", "verify", "fleet_data")
+
+
 def __virtual__():
     try:
         import dns.update  # noqa: F401
@@ -336,6 +341,17 @@ def domain_list(domains):
 
 
 def fleet_data(tgt="*mail*", tgt_type="glob", domains=None):
+    """
+    ``(domains, facts)`` of the targeted minions: the domains they serve (from their pillar)
+    and each host's name and addresses (from the master-owned inventory). mailfleet_dkim
+    asks for it through ``__salt__``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_dns.fleet_data domains=example-a.test
+    """
     grains = _grains(tgt, tgt_type)
     if not grains:
         raise RuntimeError(f"no minion matched {tgt!r} or none answered")

@@ -64,6 +64,11 @@ SHA512_DEFAULT_ROUNDS = 5000
 BLF_DEFAULT_COST = 5
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("hash",)
+
+
 def __virtual__():
     return __virtualname__
 

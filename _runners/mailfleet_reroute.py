@@ -75,6 +75,11 @@ ZONE_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[
 DEFAULTS = dict(OUTBOUND_DEFAULTS, held_alert=86400, apply_timeout=300, sls="mail.dnsbl")
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("dnsbl", "status", "set_mode", "reconcile", "check")
+
+
 class _Lock:
     """One decision at a time, fleet-wide on this master: an flock on ``<ledger>.reroute.lock``.
     (A module-level threading.Lock is not enough: Salt loads a runner module afresh for each
@@ -437,7 +442,15 @@ def _converge(store, fleet, conf, reason, now):
 
 
 def dnsbl(minion=None, payload=None):
-    """Decide on one DNSBL transition event (the dnsbl reactor calls this with the raw event)."""
+    """
+    Decide on one DNSBL transition event (the dnsbl reactor calls this with the raw event).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_reroute.dnsbl mail02.lab.test '{...}'  # what reactor/dnsbl.sls does
+    """
     conf = _conf()
     now = time.time()
     try:
@@ -499,7 +512,15 @@ def dnsbl(minion=None, payload=None):
 
 
 def status():
-    """The ledger's view: every host's outbound mode (and its pillar), open listings."""
+    """
+    The ledger's view: every host's outbound mode (and its pillar), open listings.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_reroute.status
+    """
     conf = _conf()
     store = Store(_ledger_path())
     try:
@@ -516,8 +537,16 @@ def status():
 
 
 def set_mode(host, mode="normal"):
-    """Postmaster override for one host (e.g. back to ``normal`` after a listing was handled
-    out of band): closes its open listings when set to normal, then converges."""
+    """
+    Postmaster override for one host (e.g. back to ``normal`` after a listing was handled
+    out of band): closes its open listings when set to normal, then converges.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_reroute.set_mode mail02.lab.test normal
+    """
     if mode not in ("normal",):
         raise ValueError("set_mode takes mode=normal (listed hosts are moved by their listings)")
     conf = _conf()
@@ -536,7 +565,15 @@ def set_mode(host, mode="normal"):
 
 
 def reconcile():
-    """Converge the ledger's plan and apply mail.dnsbl on every host whose mode is not normal."""
+    """
+    Converge the ledger's plan and apply mail.dnsbl on every host whose mode is not normal.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_reroute.reconcile
+    """
     conf = _conf()
     now = time.time()
     fleet = _fleet_data()
@@ -550,7 +587,15 @@ def reconcile():
 
 
 def check():
-    """Master schedule: alert for every host held longer than ``held_alert`` seconds."""
+    """
+    Master schedule: alert for every host held longer than ``held_alert`` seconds.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_reroute.check
+    """
     conf = _conf()
     now = time.time()
     store = Store(_ledger_path())

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 __virtualname__ = "mailfleet_trust"
 
 
+# The operator surface: what Salt's loader exposes (and `salt-run -d` lists); every other
+# function here is a helper: importable from Python, not loaded by Salt.
+__load__ = ("isolate", "restore", "isolated")
+
+
 def __virtual__():
     return __virtualname__
 
@@ -80,7 +85,15 @@ def isolate(host, reason="", unban=False):
 
 
 def restore(host):
-    """A new report key for ``host`` and its minion key accepted again."""
+    """
+    A new report key for ``host`` and its minion key accepted again.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_trust.restore mail02.lab.test
+    """
     _store().restore(host)
     out = {"host": host, "report_key": "new"}
     _step(out, "minion_key", lambda: _wheel("key.accept", host, include_rejected=True))
@@ -90,7 +103,15 @@ def restore(host):
 
 
 def isolated():
-    """The hosts whose report key is revoked, with the time of it."""
+    """
+    The hosts whose report key is revoked, with the time of it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run mailfleet_trust.isolated
+    """
     import json
     import os
     store = _store()
