@@ -32,7 +32,8 @@ def check(cfg, dkim=None, mta_sts=None):
 
         salt '*mail*' mailfleet_config.check '{"host": {"ssh_port": 22}}'
     """
-    errors = _check.problems(cfg) + _check.dkim_problems(dkim) + _check.mta_sts_problems(mta_sts)
+    errors = (_check.problems(cfg) + _check.webmail_problems(cfg) + _check.dkim_problems(dkim)
+              + _check.mta_sts_problems(mta_sts))
     return {"valid": not errors, "problems": errors}
 
 

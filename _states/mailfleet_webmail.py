@@ -1,5 +1,6 @@
 """
-States for mail.webmail: its settings are valid; PostfixAdmin's pillar admins exist.
+States for mail.webmail: PostfixAdmin's pillar admins exist; an application switched off
+keeps no database account. (Its settings are checked by mail.validate.)
 """
 
 __virtualname__ = "mailfleet_webmail"
@@ -7,15 +8,6 @@ __virtualname__ = "mailfleet_webmail"
 
 def __virtual__():
     return __virtualname__
-
-
-def valid(name, config):
-    """Fail, naming every bad pillar key under mailfleet:webmail / mailfleet:postfixadmin."""
-    errors = __salt__["mailfleet_webmail.problems"](config)
-    if errors:
-        return {"name": name, "result": False, "changes": {},
-                "comment": "invalid webmail settings, nothing changed:\n" + "\n".join(errors)}
-    return {"name": name, "result": True, "changes": {}, "comment": "webmail settings are valid"}
 
 
 def admin(name, password, database="postfix"):

@@ -1,14 +1,16 @@
 """
 The one checker of a mail host's pillar before the formula uses it: the merged formula
 settings (defaults < OS parameters < pillar, :func:`problems`), the DKIM signing keys the
-host received (:func:`dkim_problems`) and the MTA-STS settings of its domains
-(:func:`mta_sts_problems`). Each problem names its pillar key.
+host received (:func:`dkim_problems`), the MTA-STS settings of its domains
+(:func:`mta_sts_problems`) and its webmail / PostfixAdmin settings
+(:func:`webmail_problems`). Each problem names its pillar key.
 
 ``mail.validate`` runs it first (state ``mailfleet_config.valid``, ``failhard``), and every
 SLS that reads these pillars includes ``mail.validate``: a bad pillar stops the run before
 any config file is touched, the services keep their last good configuration. Pure (no
 Salt); imported plainly (Salt puts the utils directories on ``sys.path``).
 """
+import ipaddress
 import re
 
 import mailfleet_records  # salt://_utils: the MTA-STS policy is checked by the code that builds it
@@ -151,3 +153,74 @@ def mta_sts_problems(domains):
                                                         "dns": {"mta_sts": dns["mta_sts"]}})
         out.extend(res["problems"])
     return out
+
+# mailfleet:webmail / mailfleet:postfixadmin
+ADMIN_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$")
+SCHEME_HASH = re.compile(r"^\{[A-Z0-9.-]+\}\S+$")
+BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+# Ends up inside PHP single-quoted strings and a DSN: keep it to safe characters.
+WEBMAIL_SECRET = re.compile(r"^[A-Za-z0-9_.:,+=@%^~!/-]+$")
+
+
+def webmail_problems(cfg):
+    """"pillar key: what is wrong" strings for mailfleet:webmail / mailfleet:postfixadmin
+    (each checked only when its application is enabled: a host without it needs no secrets)."""
+    out = []
+    sections = {}
+    for section in ("webmail", "postfixadmin"):
+        data = cfg.get(section) or {}
+        if not isinstance(data, dict):
+            out.append(f"mailfleet:{section}: a mapping (enabled: true/false and its settings), not {data!r}")
+            data = {}
+        sections[section] = data
+    web, pfa = sections["webmail"], sections["postfixadmin"]
+    for section, data in sections.items():
+        if not isinstance(data.get("enabled", False), bool):
+            out.append(f"mailfleet:{section}:enabled: {data.get('enabled')!r} is not true/false")
+    if web.get("enabled") is True:
+        key = web.get("des_key")
+        if not key:
+            out.append("mailfleet:webmail:des_key: required, missing or empty")
+        elif not isinstance(key, str) or len(key) != 24 or not WEBMAIL_SECRET.match(key):
+            out.append("mailfleet:webmail:des_key: must be exactly 24 characters "
+                       "(letters, digits, _.:,+=@%^~!/-)")
+        name = web.get("product_name")
+        if not isinstance(name, str) or not name.strip() or "'" in name or "\\" in name:
+            out.append("mailfleet:webmail:product_name: a non-empty string without ' or \\")
+        _webmail_secret(out, "webmail", web.get("db_password"))
+    if pfa.get("enabled") is True:
+        _webmail_secret(out, "postfixadmin", pfa.get("db_password"))
+        allow = pfa.get("allow")
+        if not isinstance(allow, list) or not allow:
+            out.append("mailfleet:postfixadmin:allow: a non-empty list of networks "
+                       "(PostfixAdmin is refused to every other address)")
+        else:
+            for net in allow:
+                try:
+                    ipaddress.ip_network(str(net), strict=False)
+                except ValueError:
+                    out.append(f"mailfleet:postfixadmin:allow: {net!r} is not an address or network")
+        setup = pfa.get("setup_password")
+        if not setup:
+            out.append("mailfleet:postfixadmin:setup_password: required (a bcrypt hash, "
+                       "php password_hash())")
+        elif not isinstance(setup, str) or not BCRYPT.match(setup):
+            out.append("mailfleet:postfixadmin:setup_password: not a bcrypt hash ($2y$10$...)")
+        admins = pfa.get("admins")
+        if not isinstance(admins, dict) or not admins:
+            out.append("mailfleet:postfixadmin:admins: at least one admin (address: {SCHEME} hash)")
+        else:
+            for name, pw in admins.items():
+                if not ADMIN_EMAIL.match(str(name)):
+                    out.append(f"mailfleet:postfixadmin:admins:{name}: not an e-mail address")
+                if not isinstance(pw, str) or not SCHEME_HASH.match(pw) or "'" in pw:
+                    out.append(f"mailfleet:postfixadmin:admins:{name}: not a {{SCHEME}} hash "
+                               f"(salt-run mailfleet_password.hash)")
+    return out
+
+
+def _webmail_secret(out, section, value):
+    if not value:
+        out.append(f"mailfleet:{section}:db_password: required, missing or empty")
+    elif not WEBMAIL_SECRET.match(str(value)):
+        out.append(f"mailfleet:{section}:db_password: use letters, digits and _.:,+=@%^~!/- only")

@@ -35,34 +35,29 @@
 
 {%- if any_on %}
 include:
+  - mail.validate   # mailfleet:webmail / mailfleet:postfixadmin are checked with every other key
   - mail.tls
   - mail.database
-
-mailfleet-webmail-settings-valid:
-  mailfleet_webmail.valid:
-    - config: {{ {"webmail": web, "postfixadmin": pfa} | json }}
-    - failhard: True
-    - order: 1
 
 mailfleet-webmail-packages:
   pkg.installed:
     - pkgs: {{ ((apps.roundcube.packages if apps.roundcube.on else []) + (apps.postfixadmin.packages if apps.postfixadmin.on else [])) | unique | list | json }}
     - require:
-      - mailfleet_webmail: mailfleet-webmail-settings-valid
+      - mailfleet_config: mailfleet-settings-valid
 
 mailfleet-webmail-state-dir:
   file.directory:
     - name: {{ state_dir }}
     - mode: "0755"
     - require:
-      - mailfleet_webmail: mailfleet-webmail-settings-valid
+      - mailfleet_config: mailfleet-settings-valid
 
 mailfleet-nginx-tls-snippets:
   file.directory:
     - name: {{ snippets }}
     - mode: "0755"
     - require:
-      - mailfleet_webmail: mailfleet-webmail-settings-valid
+      - mailfleet_config: mailfleet-settings-valid
 
 {#- Every candidate file is checked before it replaces the live one: nginx locations with
     `nginx -t` on a copy of the configuration (mailfleet-nginx-check, shared with mail.mtasts),
@@ -85,7 +80,7 @@ mailfleet-webmail-check-scripts:
             {{ W.php_fpm_bin }} -t -y "$d/fpm.conf"
     - mode: "0755"
     - require:
-      - mailfleet_webmail: mailfleet-webmail-settings-valid
+      - mailfleet_config: mailfleet-settings-valid
 {%- endif %}
 
 {%- for app, a in apps.items() %}
@@ -103,7 +98,7 @@ mailfleet-{{ app }}-user:
     - shell: {{ W.nologin }}
     - usergroup: True
     - require:
-      - mailfleet_webmail: mailfleet-webmail-settings-valid
+      - mailfleet_config: mailfleet-settings-valid
 
 mailfleet-{{ app }}-sessions:
   file.directory:

@@ -7,7 +7,8 @@ import copy
 
 import pytest
 
-import mailfleet_webmail
+import mailfleet_settings_check
+from _modules import mailfleet_webmail
 from salt_render import DEBIAN_GRAINS, FREEBSD_GRAINS, SaltRender
 
 GOOD = {
@@ -26,14 +27,14 @@ def _with(path, value):
         del cfg[section][key]
     else:
         cfg[section][key] = value
-    return mailfleet_webmail.problems(cfg)
+    return mailfleet_settings_check.webmail_problems(cfg)
 
 
 def test_good_settings_and_switches_off_have_no_problems():
-    assert mailfleet_webmail.problems(GOOD) == []
-    assert mailfleet_webmail.problems({}) == []
+    assert mailfleet_settings_check.webmail_problems(GOOD) == []
+    assert mailfleet_settings_check.webmail_problems({}) == []
     # Off: nothing else is required (a host without webmail needs no secrets).
-    assert mailfleet_webmail.problems({"webmail": {"enabled": False}, "postfixadmin": {"enabled": False}}) == []
+    assert mailfleet_settings_check.webmail_problems({"webmail": {"enabled": False}, "postfixadmin": {"enabled": False}}) == []
 
 
 @pytest.mark.parametrize("path,value,expected", [
@@ -112,6 +113,19 @@ def test_switched_off_only_removes(tmp_path):
     names = {c[3]["name"] for c in every if c[1] == "file"}
     assert "/etc/nginx/mailfleet-tls.d/roundcube.conf" in names
     assert "/etc/php/8.2/fpm/pool.d/mailfleet-postfixadmin.conf" in names
+
+
+def test_a_bad_webmail_pillar_stops_mail_validate_before_any_webmail_state(tmp_path):
+    # one checker for every pillar key: mail.validate's mailfleet_config.valid (failhard,
+    # order 1), which each webmail state requires
+    r, high, chunks = _render(tmp_path, DEBIAN_GRAINS, webmail={**GOOD["webmail"], "des_key": "short"},
+                              postfixadmin=GOOD["postfixadmin"])
+    [valid] = [c for c in r.chunks(high) if c[1] == "mailfleet_config"]
+    assert valid[3].get("failhard") is True
+    ret = r.run_state(high, valid[0])
+    assert ret["result"] is False and "mailfleet:webmail:des_key: must be exactly 24 characters" in ret["comment"]
+    assert valid[3].get("order") == 1
+    assert {"mailfleet_config": "mailfleet-settings-valid"} in chunks["mailfleet-webmail-packages"][3]["require"]
 
 
 def test_freebsd_render_uses_port_paths(tmp_path):
