@@ -7,12 +7,13 @@
     so the id changes exactly when this file does. The runner also publishes the A/AAAA
     records of mta-sts.<domain> (the serving hosts' addresses); the certificate is ordered
     once they point here (before that the state says so and waits: publish, then apply).
-    Kept apart from mail.tls and its nginx sites (own site file, own check). #}
+    Kept apart from mail.tls and its nginx sites (own site file); nginx itself is mail.nginx's. #}
 {%- from "mail/map.jinja" import mf with context %}
+{%- from "mail/nginx/reload.jinja" import nginx_reload %}
 {%- set L = mf.lookup %}
 {%- set live_dir = L.letsencrypt_dir ~ "/live" %}
 {%- set webroot = L.acme_webroot.rsplit("/", 1)[0] ~ "/mta-sts" %}
-{%- set main_conf = L.get("nginx_main_conf") or "/etc/nginx/nginx.conf" %}
+{%- set main_conf = L.nginx_main_conf %}
 {%- set site = L.nginx_site | replace("mailfleet.conf", "mailfleet-mta-sts.conf") %}
 {%- set addresses = [] %}
 {%- for ip in (grains.get("ipv4", []) + grains.get("ipv6", [])) %}
@@ -43,11 +44,8 @@ include:
 
 mailfleet-mta-sts-scripts:
   file.managed:
-    - names:
-      - {{ L.sbin }}/mailfleet-nginx-check:
-        - source: salt://mail/files/mailfleet-nginx-check.sh
-      - {{ L.sbin }}/mailfleet-mta-sts-cert:
-        - source: salt://mail/files/mailfleet-mta-sts-cert.sh
+    - name: {{ L.sbin }}/mailfleet-mta-sts-cert
+    - source: salt://mail/files/mailfleet-mta-sts-cert.sh
     - mode: "0755"
 
 {%- for domain, policy in policies | dictsort %}
@@ -106,12 +104,6 @@ mailfleet-mta-sts-site:
     - mode: "0644"
     - check_cmd: {{ L.sbin }}/mailfleet-nginx-check {{ main_conf }} {{ site }}
     - require:
-      - file: mailfleet-mta-sts-scripts
+      - file: mailfleet-nginx-check-script
       - file: mailfleet-mta-sts-webroot
-
-mailfleet-mta-sts-nginx-reload:
-  service.running:
-    - name: nginx
-    - reload: True
-    - watch:
-      - file: mailfleet-mta-sts-site
+{{ nginx_reload("mailfleet-mta-sts-nginx-reload", ["mailfleet-mta-sts-site"]) }}

@@ -1,9 +1,11 @@
 {%- from "mail/map.jinja" import mf with context %}
 {%- set L = mf.lookup %}
 {%- set names = [mf.host.myhostname] + mf.tls.extra_names %}
+{%- from "mail/nginx/reload.jinja" import nginx_reload %}
 {%- from "mail/sysrc.jinja" import sysrc with context %}
 include:
   - mail.packages
+  - mail.nginx
 {{ sysrc(L, "tls") }}
 
 {#- nginx on 80: ACME HTTP-01 challenges from a webroot; everything else goes to HTTPS. #}
@@ -12,42 +14,6 @@ mailfleet-acme-webroot:
     - name: {{ L.acme_webroot }}
     - mode: "0755"
     - makedirs: True
-
-{%- if L.get("nginx_main_conf") %}
-{#- FreeBSD's stock nginx.conf serves its own site on :80 and reads no conf.d/: replace it
-    with one that only includes the sites this formula writes. #}
-mailfleet-nginx-main-conf:
-  file.managed:
-    - name: {{ L.nginx_main_conf }}
-    - mode: "0644"
-    - require:
-      - pkg: mailfleet-packages
-    - watch_in:
-      - service: mailfleet-nginx
-    - require_in:
-      - cmd: mailfleet-nginx-config-ok
-    - contents: |
-        # Managed by mailfleet (mail.tls): sites live in {{ L.nginx_site.rsplit("/", 1)[0] }}/.
-        worker_processes auto;
-        events {
-            worker_connections 1024;
-        }
-        http {
-            include mime.types;
-            default_type application/octet-stream;
-            sendfile on;
-            keepalive_timeout 65;
-            include {{ L.nginx_site.rsplit("/", 1)[0] }}/*.conf;
-        }
-{%- endif %}
-
-{%- if L.nginx_default_site %}
-mailfleet-nginx-no-default-site:
-  file.absent:
-    - name: {{ L.nginx_default_site }}
-    - watch_in:
-      - service: mailfleet-nginx
-{%- endif %}
 
 mailfleet-nginx-site:
   file.managed:
@@ -60,22 +26,10 @@ mailfleet-nginx-site:
     - mode: "0644"
     - require:
       - pkg: mailfleet-packages
-
-mailfleet-nginx-config-ok:
-  cmd.run:
-    - name: nginx -t -q
-    - onchanges:
-      - file: mailfleet-nginx-site
-
-mailfleet-nginx:
-  service.running:
-    - name: nginx
-    - enable: True
-    - reload: True
-    - require:
+    - onchanges_in:
       - cmd: mailfleet-nginx-config-ok
-    - watch:
-      - file: mailfleet-nginx-site
+    - watch_in:
+      - service: mailfleet-nginx
 
 {#- certbot renews on its own timer; the deploy hook reloads whatever serves the cert. #}
 mailfleet-certbot-deploy-hook:
@@ -134,18 +88,5 @@ mailfleet-nginx-tls-site:
     - mode: "0644"
     - require:
       - cmd: mailfleet-certificate
-
-mailfleet-nginx-tls-config-ok:
-  cmd.run:
-    - name: nginx -t -q
-    - onchanges:
-      - file: mailfleet-nginx-tls-site
-
-mailfleet-nginx-tls-reload:
-  service.running:
-    - name: nginx
-    - reload: True
-    - require:
-      - cmd: mailfleet-nginx-tls-config-ok
-    - watch:
-      - file: mailfleet-nginx-tls-site
+      - file: mailfleet-nginx-tls-snippets
+{{ nginx_reload("mailfleet-nginx-tls-reload", ["mailfleet-nginx-tls-site"]) }}

@@ -123,7 +123,9 @@ def test_every_sls_renders_and_every_template_is_rendered(freebsd):
     sls = {body["__sls__"] for body in freebsd.high.values()}
     assert sls == {"mail.validate", "mail.packages", "mail.vmail", "mail.database", "mail.tls", "mail.postfix",
                    "mail.dovecot", "mail.rspamd", "mail.firewall", "mail.defense", "mail.dnsbl",
-                   "mail.vusers", "mail.webmail", "mail.mtasts", "mail.outbound_hold", "mail.sasl_hold"}
+                   "mail.vusers", "mail.mtasts", "mail.outbound_hold", "mail.sasl_hold",
+                   "mail.nginx.config", "mail.nginx.service", "mail.webmail.php_fpm", "mail.webmail.nginx",
+                   "mail.webmail.roundcube", "mail.webmail.postfixadmin"}
     templated = {c[3]["source"] for c in freebsd.salt.file_templates(freebsd.high)}
     assert templated == {
         "salt://mail/files/postfix-main.cf.jinja", "salt://mail/files/postfix-master.cf.jinja",

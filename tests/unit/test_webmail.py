@@ -115,6 +115,21 @@ def test_switched_off_only_removes(tmp_path):
     assert "/etc/php/8.2/fpm/pool.d/mailfleet-postfixadmin.conf" in names
 
 
+def test_one_application_switched_off_is_cleaned_while_the_other_stays(tmp_path):
+    r, high, chunks = _render(tmp_path, DEBIAN_GRAINS, webmail={"enabled": False}, postfixadmin=GOOD["postfixadmin"])
+    by_sls = {}
+    for sid, body in high.items():
+        by_sls.setdefault(body["__sls__"], set()).add(sid)
+    assert by_sls["mail.webmail.clean"] == {"mailfleet-roundcube-pool-absent", "mailfleet-roundcube-nginx-absent",
+                                            "mailfleet-roundcube-db-user-absent"}
+    assert "mail.webmail.roundcube" not in by_sls and "mail.webmail.postfixadmin" in by_sls
+    assert {"mailfleet-postfixadmin-pool", "mailfleet-postfixadmin-nginx"} <= set(high)
+    assert not {sid for sid in high if sid.startswith("mailfleet-roundcube-") and not sid.endswith("-absent")}
+    files = {c[3]["name"] for c in r.chunks(high) if c[1] == "file"}
+    assert "/etc/php/8.2/fpm/pool.d/mailfleet-roundcube.conf" in files  # as file.absent
+    assert "absent" in high["mailfleet-roundcube-pool-absent"]["file"]
+
+
 def test_a_bad_webmail_pillar_stops_mail_validate_before_any_webmail_state(tmp_path):
     # one checker for every pillar key: mail.validate's mailfleet_config.valid (failhard,
     # order 1), which each webmail state requires
