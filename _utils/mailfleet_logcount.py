@@ -29,6 +29,7 @@ past it new offenders are counted in ``dropped``. At most ``max_tracked`` (100,0
 are counted at once; events of further addresses are counted in ``untracked``. Loopback
 addresses are never counted.
 """
+import functools
 import ipaddress
 from collections import OrderedDict, deque
 
@@ -282,15 +283,6 @@ class Aggregator:
         return False
 
 
-_LOOPBACK_CACHE = {}
-_LOOPBACK_CACHE_MAX = 65536
-
-
+@functools.lru_cache(maxsize=65536)  # bounded, like mailfleet_logparse.norm_ip's
 def _loopback(ip):
-    hit = _LOOPBACK_CACHE.get(ip)
-    if hit is None:
-        hit = ipaddress.ip_address(ip).is_loopback
-        if len(_LOOPBACK_CACHE) >= _LOOPBACK_CACHE_MAX:
-            _LOOPBACK_CACHE.clear()
-        _LOOPBACK_CACHE[ip] = hit
-    return hit
+    return ipaddress.ip_address(ip).is_loopback

@@ -76,6 +76,7 @@ Decisions (what is deliberately NOT an event):
   another address. Dovecot's ``auth_verbose_passwords=plain`` puts the client's password after
   the identifier; a line whose tail is not one Dovecot writes is skipped rather than guessed.
 """
+import functools
 import re
 from collections import OrderedDict
 from typing import NamedTuple, Optional
@@ -100,22 +101,15 @@ def __virtual__():
 
 # --- addresses ----------------------------------------------------------------------------
 
-_IP_CACHE = {}
-_IP_CACHE_MAX = 65536
-
-
+# Log lines repeat the same few thousand addresses: remember their normal form (bounded,
+# the detector runs for months). The one memo mechanism of the parser: functools' LRU.
+@functools.lru_cache(maxsize=65536)
 def norm_ip(text):
     """Normalised address text, or None when ``text`` is not an IP address."""
-    hit = _IP_CACHE.get(text)
-    if hit is None:
-        try:
-            hit = mailfleet_address.address(text)
-        except ValueError:
-            hit = ""
-        if len(_IP_CACHE) >= _IP_CACHE_MAX:
-            _IP_CACHE.clear()
-        _IP_CACHE[text] = hit
-    return hit or None
+    try:
+        return mailfleet_address.address(text)
+    except ValueError:
+        return None
 
 
 # --- syslog header ------------------------------------------------------------------------

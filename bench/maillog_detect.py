@@ -39,7 +39,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "_modules"))
+sys.path.insert(0, str(REPO / "_utils"))
 import mailfleet_logcount as logcount
 import mailfleet_logparse as logparse
 import mailfleet_logtail as logtail
