@@ -18,12 +18,12 @@ The master decides (_runners/mailfleet_accounts.py) and records each hold in its
 - on release the user's line goes, its held messages are released (``postsuper -H``) and
   sent at once (``postqueue -i``).
 
-Functions: ``sync`` (what the state and the runner call), ``status``; the pure helpers
-``render_map``, ``valid_user`` are unit tested.
+Functions: ``sync`` (what the state and the runner call), ``status``, ``map_path``. The pure
+side (holds checked, the map text, which messages, when to requeue) is
+_utils/mailfleet_sasl_hold_plan.py; this module runs postconf, postsuper and postqueue.
 """
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -32,14 +32,20 @@ import time
 import mailfleet_files  # salt://_utils: on sys.path for execution modules
 import mailfleet_postqueue
 from mailfleet_sasl_user import valid_user as _valid_user  # salt://_utils: the runner checks the same way
+# the pure side: holds checked, the map, which messages, when to requeue
+from mailfleet_sasl_hold_plan import check_holds as _check_holds
+from mailfleet_sasl_hold_plan import login_candidates as _login_candidates
+from mailfleet_sasl_hold_plan import login_of as _login_of
+from mailfleet_sasl_hold_plan import parse_map as _parse_map
+from mailfleet_sasl_hold_plan import plan as _plan
+from mailfleet_sasl_hold_plan import render_map as _render_map
+from mailfleet_sasl_hold_plan import REQUEUE_AFTER as _REQUEUE_AFTER
+from mailfleet_sasl_hold_plan import requeue_after as _requeue_after
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_sasl_hold"
 
-MODES = ("hold", "refuse")
-REFUSE_TEXT = "450 4.7.1 Outbound mail of this account is held by the postmaster (mailfleet)"
-MAX_USERS = 10_000
 # Postfix logs at most 100 characters of a SASL name; keys must be one map token.
 
 
@@ -53,44 +59,6 @@ def __virtual__():
 
 
 # --- pure ----------------------------------------------------------------------------------
-
-def check_holds(holds):
-    """{user: mode} validated; errors name pillar mailfleet_sasl_holds."""
-    if holds is None:
-        return {}
-    if not isinstance(holds, dict):
-        raise ValueError("pillar mailfleet_sasl_holds must be a mapping {user: hold|refuse}")
-    if len(holds) > MAX_USERS:
-        raise ValueError(f"pillar mailfleet_sasl_holds: {len(holds)} users (max {MAX_USERS})")
-    out = {}
-    for user, mode in holds.items():
-        try:
-            key = _valid_user(user)
-        except ValueError as exc:
-            raise ValueError(f"pillar mailfleet_sasl_holds: {exc}") from None
-        if mode not in MODES:
-            raise ValueError(f"pillar mailfleet_sasl_holds:{user}: mode {mode!r} is not one of {MODES}")
-        out[key] = mode
-    return out
-
-
-def render_map(holds):
-    """The map's text for {user: mode} (sorted, stable: unchanged holds = unchanged file)."""
-    lines = ["# Managed by mailfleet (mailfleet_sasl_hold, from the master's ledger). Local edits are overwritten."]
-    for user, mode in sorted(holds.items()):
-        lines.append(f"{user}\t{'HOLD' if mode == 'hold' else REFUSE_TEXT}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_map(text):
-    """{user: mode} back from a rendered map (for diffs)."""
-    out = {}
-    for line in (text or "").splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, _sep, value = line.partition("\t")
-        out[key] = "hold" if value.strip() == "HOLD" else "refuse"
-    return out
 
 
 # --- host ----------------------------------------------------------------------------------
@@ -207,31 +175,6 @@ def _run(argv, inp=None):
     return proc
 
 
-# Released mail held longer than this is requeued (``postsuper -r``: a new queue id and a
-# new arrival time) rather than released (``-H``): postsuper(1) advises it for mail held a
-# significant fraction of maximal_queue_lifetime, which would otherwise bounce at its first
-# deferral. The hold queue itself is outside the lifetimes (qmgr never scans it), so a SASL
-# hold needs no raised lifetimes on the host: the requeue is what keeps released mail safe.
-REQUEUE_AFTER = 86_400
-# postconf(5) time units; a bare number is in the parameter's default unit (days here)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_TIME_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
-
-
-def postfix_seconds(value, default_unit="d"):
-    """A Postfix time value ("5d", "3600s", "2") in seconds; None when it is not one."""
-    m = _TIME_RE.match(str(value))
-    return int(m.group(1)) * _UNITS[m.group(2) or default_unit] if m else None
-
-
-def requeue_after(lifetimes):
-    """Seconds of hold after which release requeues: a day, or half of the shortest queue
-    lifetime of the host (maximal_queue_lifetime, bounce_queue_lifetime) when that is less,
-    so a host with short lifetimes cannot bounce released mail either."""
-    secs = [s for s in (postfix_seconds(v) for v in lifetimes) if s is not None]
-    return min([REQUEUE_AFTER] + [s // 2 for s in secs])
-
-
 def _lifetimes():
     try:
         out = __salt__["cmd.run_stdout"](
@@ -240,32 +183,6 @@ def _lifetimes():
     except Exception:  # noqa: BLE001
         return []
     return out.split()
-# At most this many queue files are read for their SASL login per sync (postcat each).
-MAX_LOGINS = 10_000
-_LOGIN_RE = re.compile(r"^named_attribute: sasl_username=(.*)$", re.M)
-
-
-def login_of(envelope):
-    """The SASL login recorded in a queue file's envelope (``postcat -e`` text), lower-case;
-    "" when the message was not submitted by an authenticated client."""
-    m = _LOGIN_RE.search(envelope or "")
-    return m.group(1).strip().lower() if m else ""
-
-
-def _login_candidates(msgs, held, released):
-    """Queue ids whose login matters: the hold queue when someone is released, the other
-    queues' messages whose sender shares a domain with a held user (an alias of the user,
-    most often; reading every queue file of a large deferred queue would take minutes)."""
-    domains = {u.rpartition("@")[2] for u in held}
-    out = []
-    for m in msgs:
-        sender = str(m.get("sender", "")).lower()
-        if m.get("queue_name") == "hold":
-            if released:
-                out.append(m["queue_id"])
-        elif held and sender.rpartition("@")[2] in domains:
-            out.append(m["queue_id"])
-    return out[:MAX_LOGINS]
 
 
 def _logins(qids):
@@ -275,35 +192,8 @@ def _logins(qids):
         proc = subprocess.run([_bin("postcat"), "-e", "-q", qid], capture_output=True, text=True,
                               timeout=30, errors="replace")
         if proc.returncode == 0:
-            out[qid] = login_of(proc.stdout)
+            out[qid] = _login_of(proc.stdout)
     return out
-
-
-def plan(holds, current_map, msgs, release=(), logins=None, now=None, requeue_after=REQUEUE_AFTER):
-    """What sync would do (pure): {"map": changed?, "hold_ids", "release_ids", "requeue_ids",
-    "released"}. A message belongs to a user by its envelope sender or by the SASL login that
-    submitted it (``logins``: {queue id: login}), so mail sent under an alias is held and
-    released with its sender's account."""
-    logins = logins or {}
-    held_users = set(holds)
-    released = {u.lower() for u in release} - held_users
-    # users that lost their hold since the map was written are released too (level-triggered)
-    released |= set(current_map) - held_users
-
-    def owned(m, users, queues):
-        return m.get("queue_name") in queues and (
-            str(m.get("sender", "")).lower() in users or logins.get(m["queue_id"], "") in users)
-    hold_ids = sorted(m["queue_id"] for m in msgs if held_users and owned(m, held_users, ("incoming", "active", "deferred")))
-    out = sorted((m for m in msgs if released and owned(m, released, ("hold",))), key=lambda m: m["queue_id"])
-    now = time.time() if now is None else now
-    old = [m["queue_id"] for m in out if now - float(m.get("arrival_time") or now) >= requeue_after]
-    return {
-        "map": current_map != holds,
-        "hold_ids": hold_ids,
-        "release_ids": [m["queue_id"] for m in out if m["queue_id"] not in old],
-        "requeue_ids": old,
-        "released": sorted(released),
-    }
 
 
 def _seq_path(path):
@@ -350,13 +240,13 @@ def sync(holds=None, release=None, test=False, seq=None):
     stored = _stored_seq(map_path()) if seq is not None else None
     if seq is not None and stored is not None and seq < stored:
         return {"result": True, "changes": {}, "comment": f"hold map {seq} is older than the one in force ({stored}): ignored"}
-    holds = check_holds(holds)
+    holds = _check_holds(holds)
     release = [_valid_user(u) for u in (release or [])]
     path = map_path()
     current = {}
     if os.path.exists(path):
         with open(path, encoding="utf-8", errors="replace") as fh:
-            current = parse_map(fh.read())
+            current = _parse_map(fh.read())
     exists = os.path.exists(path + ".db")
     # The queue matters only when someone is (or was) held; on a host's first run Postfix
     # has no main.cf yet and postqueue cannot even start.
@@ -367,8 +257,8 @@ def sync(holds=None, release=None, test=False, seq=None):
         msgs, truncated = [], False
     released_now = (set(release) | set(current)) - set(holds)
     logins = _logins(_login_candidates(msgs, set(holds), released_now)) if msgs else {}
-    after = requeue_after(_lifetimes()) if released_now else REQUEUE_AFTER
-    todo = plan(holds, current, msgs, release, logins=logins, requeue_after=after)
+    after = _requeue_after(_lifetimes()) if released_now else _REQUEUE_AFTER
+    todo = _plan(holds, current, msgs, release, logins=logins, requeue_after=after)
     changes = {}
     if todo["map"] or not exists:
         changes["map"] = {"old": current, "new": holds}
@@ -382,7 +272,7 @@ def sync(holds=None, release=None, test=False, seq=None):
         return {"result": None if changes else True, "changes": changes, "truncated": truncated,
                 "comment": "would change" if changes else "in sync"}
     if "map" in changes:
-        _write_map(path, render_map(holds))
+        _write_map(path, _render_map(holds))
         # smtpd re-opens a changed hash map only after its current session; reload so the
         # next connection is served by processes that see it.
         if __salt__["service.status"]("postfix"):
@@ -420,7 +310,7 @@ def status():
     current = {}
     if os.path.exists(path):
         with open(path, encoding="utf-8", errors="replace") as fh:
-            current = parse_map(fh.read())
+            current = _parse_map(fh.read())
     msgs, truncated = mailfleet_postqueue.read_queue()
     return {"holds": current, "truncated": truncated,
             "held_messages": {u: mailfleet_postqueue.ids_of_senders(msgs, [u], ("hold",)) for u in current}}

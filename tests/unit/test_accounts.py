@@ -16,6 +16,7 @@ import mailfleet_bans as ext
 import mailfleet_defense as d
 import mailfleet_postqueue as mq
 import mailfleet_sasl_hold as sh
+import mailfleet_sasl_hold_plan as shp
 from signing import signed
 
 H1 = "mail01.lab.test"
@@ -273,16 +274,16 @@ def test_report_ban_path_survives_a_failing_accounts_runner(tmp_path, monkeypatc
 
 def test_map_text_round_trips_and_is_stable():
     holds = {"bob@example-b.test": "refuse", ALICE: "hold"}
-    text = sh.render_map(holds)
-    assert text.splitlines()[1:] == [f"{ALICE}\tHOLD", f"bob@example-b.test\t{sh.REFUSE_TEXT}"]
-    assert sh.REFUSE_TEXT.startswith("450 4.7.1 ")  # deferred by the client, never a bounce
-    assert sh.parse_map(text) == holds and sh.render_map(dict(reversed(list(holds.items())))) == text
+    text = shp.render_map(holds)
+    assert text.splitlines()[1:] == [f"{ALICE}\tHOLD", f"bob@example-b.test\t{shp.REFUSE_TEXT}"]
+    assert shp.REFUSE_TEXT.startswith("450 4.7.1 ")  # deferred by the client, never a bounce
+    assert shp.parse_map(text) == holds and shp.render_map(dict(reversed(list(holds.items())))) == text
 
 
 @pytest.mark.parametrize("bad", [{"a b": "hold"}, {ALICE: "bounce"}, {"#x": "hold"}, ["alice"], {"x\n": "hold"}])
 def test_bad_holds_pillar_names_the_key(bad):
     with pytest.raises(ValueError, match="mailfleet_sasl_holds"):
-        sh.check_holds(bad)
+        shp.check_holds(bad)
 
 
 QUEUE = [
@@ -296,16 +297,16 @@ QUEUE = [
 
 
 def test_plan_holds_a_held_users_queued_mail_and_releases_a_released_users_held_mail():
-    p = sh.plan({ALICE: "hold"}, {}, QUEUE, now=1500)
+    p = shp.plan({ALICE: "hold"}, {}, QUEUE, now=1500)
     assert p == {"map": True, "hold_ids": ["A1", "A2"], "release_ids": [], "requeue_ids": [], "released": []}
     # bob was in the map and is no longer: his held mail goes (level-triggered release)
-    p = sh.plan({ALICE: "refuse"}, {ALICE: "hold", "bob@example-b.test": "hold"}, QUEUE, now=1500)
+    p = shp.plan({ALICE: "refuse"}, {ALICE: "hold", "bob@example-b.test": "hold"}, QUEUE, now=1500)
     assert p["map"] and p["release_ids"] == ["B2"] and p["hold_ids"] == ["A1", "A2"]
     # explicit release of a user already gone from the map
-    p = sh.plan({}, {}, QUEUE, release=[ALICE], now=1500)
+    p = shp.plan({}, {}, QUEUE, release=[ALICE], now=1500)
     assert p == {"map": False, "hold_ids": [], "release_ids": ["A3"], "requeue_ids": [], "released": [ALICE]}
     # a user held again is never released by a stale release request
-    assert sh.plan({ALICE: "hold"}, {ALICE: "hold"}, QUEUE, release=[ALICE])["release_ids"] == []
+    assert shp.plan({ALICE: "hold"}, {ALICE: "hold"}, QUEUE, release=[ALICE])["release_ids"] == []
 
 
 ALIAS_QUEUE = [
@@ -319,17 +320,17 @@ LOGINS = {"H1": ALICE, "H2": ALICE, "H3": "carol@example-a.test", "D1": ALICE}
 
 
 def test_mail_a_held_user_sent_under_an_alias_is_held_and_released_by_her_login():
-    p = sh.plan({ALICE: "hold"}, {}, ALIAS_QUEUE, logins=LOGINS, now=10_060)
+    p = shp.plan({ALICE: "hold"}, {}, ALIAS_QUEUE, logins=LOGINS, now=10_060)
     assert p["hold_ids"] == ["D1"]  # queued as sales@, submitted by alice
-    p = sh.plan({}, {ALICE: "hold"}, ALIAS_QUEUE, release=[ALICE], logins=LOGINS, now=10_060)
+    p = shp.plan({}, {ALICE: "hold"}, ALIAS_QUEUE, release=[ALICE], logins=LOGINS, now=10_060)
     assert p["release_ids"] == ["H1", "H2"] and p["requeue_ids"] == []  # H3 is carol's
 
 
 def test_mail_held_for_long_is_requeued_on_release_so_it_cannot_bounce_for_its_age():
     day = 86_400
-    p = sh.plan({}, {ALICE: "hold"}, ALIAS_QUEUE, release=[ALICE], logins=LOGINS, now=10_000 + 6 * day)
+    p = shp.plan({}, {ALICE: "hold"}, ALIAS_QUEUE, release=[ALICE], logins=LOGINS, now=10_000 + 6 * day)
     assert p["release_ids"] == [] and p["requeue_ids"] == ["H1", "H2"]
-    p = sh.plan({}, {ALICE: "hold"}, ALIAS_QUEUE, release=[ALICE], logins=LOGINS, now=10_000 + 600,
+    p = shp.plan({}, {ALICE: "hold"}, ALIAS_QUEUE, release=[ALICE], logins=LOGINS, now=10_000 + 600,
                 requeue_after=300)
     assert p["requeue_ids"] == ["H1", "H2"]
 
@@ -350,22 +351,22 @@ POSTFIX_TIMES = [
 
 @pytest.mark.parametrize("text,seconds", POSTFIX_TIMES)
 def test_postfix_time_values(text, seconds):
-    assert sh.postfix_seconds(text) == seconds
+    assert shp.postfix_seconds(text) == seconds
 
 
 def test_a_host_with_short_queue_lifetimes_requeues_sooner():
-    assert sh.requeue_after(["5d", "5d"]) == 86_400          # the default: a day
-    assert sh.requeue_after(["60s", "5d"]) == 30             # half the shortest lifetime
-    assert sh.requeue_after(["5d", "1h"]) == 1800            # bounce_queue_lifetime counts too
-    assert sh.requeue_after(["garbage"]) == 86_400 and sh.requeue_after([]) == 86_400
+    assert shp.requeue_after(["5d", "5d"]) == 86_400          # the default: a day
+    assert shp.requeue_after(["60s", "5d"]) == 30             # half the shortest lifetime
+    assert shp.requeue_after(["5d", "1h"]) == 1800            # bounce_queue_lifetime counts too
+    assert shp.requeue_after(["garbage"]) == 86_400 and shp.requeue_after([]) == 86_400
 
 
 def test_the_login_of_a_queued_message_comes_from_its_queue_file():
     envelope = ("*** ENVELOPE RECORDS deferred/4B2C1DEA ***\nmessage_size:             512\n"
                 "named_attribute: log_ident=4B2C1DEA\nnamed_attribute: sasl_method=PLAIN\n"
                 "named_attribute: sasl_username=Alice@Example-A.test\nsender: info@example-a.test\n")
-    assert sh.login_of(envelope) == ALICE
-    assert sh.login_of("*** ENVELOPE RECORDS ***\nsender: x@y.test\n") == ""
+    assert shp.login_of(envelope) == ALICE
+    assert shp.login_of("*** ENVELOPE RECORDS ***\nsender: x@y.test\n") == ""
 
 
 # --- queue ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-import mailfleet_ban as ban
+import mailfleet_ban_sets as ban
 import mailfleet_defense as d
 
 POL = d.policy()
@@ -187,7 +187,7 @@ def test_failed_transaction_rolls_back(ledger):
 # --- the minion side: nft scripts and reconciliation plans --------------------------------------
 
 def test_element_script_one_statement_per_set():
-    items, bad = ban._items({"198.19.0.5": 600, "2001:db8::1": 30, "::ffff:198.19.0.6": 600, "nope": 5}, None)
+    items, bad = ban.items({"198.19.0.5": 600, "2001:db8::1": 30, "::ffff:198.19.0.6": 600, "nope": 5}, None)
     assert bad and "nope" in bad[0]
     script = ban.element_script(items)
     assert script == ("add element inet mailfleet banned_v4 { 198.19.0.5 timeout 600s, 198.19.0.6 timeout 600s }\n"
@@ -197,7 +197,7 @@ def test_element_script_one_statement_per_set():
 
 @pytest.mark.parametrize("t", [0, -1, True, 10 ** 9, "x"])
 def test_module_refuses_bad_timeouts(t):
-    items, bad = ban._items(["198.19.0.5"], t)
+    items, bad = ban.items(["198.19.0.5"], t)
     assert items == {} and bad
 
 

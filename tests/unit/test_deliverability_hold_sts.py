@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import mailfleet_records as R
-import mailfleet_fcrdns as F
+import mailfleet_fcrdns_verdict as F
 import mailfleet_outbound as S
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-import mailfleet_ban as ban
+import mailfleet_ban_sets as ban
 import mailfleet_defense as d
 import mailfleet_logparse as logparse
 import mailfleet_reroute as rr
