@@ -6,7 +6,7 @@ pillar ``mailfleet_bans`` = {"active": {address: expires epoch}, "revoked": [add
 Why pillar: it is rendered by the master for each state run (never stale), travels over the
 minion's authenticated, encrypted channel, and needs no peer-publish rights (a minion asking
 the master's runners itself would need ``peer_run``, which any minion could then use).
-The ledger (see _runners/mailfleet_defense.py) is read-only here.
+The ledger (see _utils/mailfleet_ban_ledger.py) is read-only here.
 
 The same ledger also holds each host's outbound mode (DNSBL listings, see
 _runners/mailfleet_reroute.py): pillar ``mailfleet_outbound`` = {"mode": normal|relay|hold,

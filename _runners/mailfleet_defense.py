@@ -29,11 +29,13 @@ Hosts that missed the fast path catch up from the ledger: the ``mailfleet_bans``
 (_pillar/mailfleet_bans.py) hands its active bans to every host and the state
 ``mailfleet_ban.reconciled`` makes the sets contain them (on minion start and on a schedule).
 
-Runners: ``bans`` (list the ledger), ``unban``, ``drain``, ``active``, ``release`` (a held SASL
-user, see _runners/mailfleet_accounts.py: report() hands it the ``outbound`` and ``queue``
-parts of each report before any address is judged).
+Runners: ``bans`` (list the ledger), ``unban``, ``drain``, ``forget_reporter``, ``release`` (a
+held SASL user, see _runners/mailfleet_accounts.py: report() hands it the ``outbound`` and
+``queue`` parts of each report before any address is judged).
+
+The decisions (steps 1-4) are _utils/mailfleet_ban_policy.py, the bans table
+_utils/mailfleet_ban_ledger.py; this runner reads Salt's caches, sends and alerts.
 """
-import ipaddress
 import json
 import logging
 import threading
@@ -41,9 +43,9 @@ import secrets
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
-import mailfleet_address
+import mailfleet_ban_ledger as _bl  # the ledger's bans table
+import mailfleet_ban_policy as _bp  # the decisions: report check, never-ban list, rate cap
 import mailfleet_events
-import mailfleet_inventory
 import mailfleet_ledger
 import mailfleet_report
 
@@ -51,21 +53,6 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_defense"
 
-DEFAULTS = {
-    "ban_timeout": {"base": 600, "factor": 2, "max": 86400, "memory": 7 * 86400},
-    "rate": 1000,  # new bans per reporting minion per period
-    "period": 60,
-    "max_offenders": 5000,  # per report; the engine sends at most 500
-    "max_report_bytes": 2 << 20,
-    "allow": [],  # addresses or networks never banned
-    "target": "*",
-    "tgt_type": "glob",
-    "revoked_memory": 7 * 86400,  # unbans handed to hosts for reconciliation
-    # bans waiting their turn (the rate cap): per reporting host and in all; the excess is
-    # refused (and alerted), so one compromised host cannot grow the ledger without bound
-    "max_queued_per_reporter": 10_000,
-    "max_queued": 50_000,
-}
 
 ALERT_TAG = "mailfleet/alert/ban_rate"
 
@@ -82,260 +69,10 @@ def __virtual__():
 REPORT_TAG = "mailfleet/abuse/report"
 
 
-class Refused(ValueError):
-    """A report refused as a whole (forged host, wrong shape, too big)."""
-
-
 # --- pure decision logic -----------------------------------------------------------------
-
-def policy(overrides=None):
-    """DEFAULTS with master-config overrides (``mailfleet_defense:``), checked."""
-    pol = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
-    for key, value in (overrides or {}).items():
-        if key not in pol:
-            raise ValueError(f"unknown mailfleet_defense setting {key!r}")
-        if isinstance(pol[key], dict):
-            pol[key].update(value or {})
-        else:
-            pol[key] = value
-    for key in ("rate", "period", "max_offenders", "max_queued_per_reporter", "max_queued"):
-        if not isinstance(pol[key], int) or isinstance(pol[key], bool) or pol[key] <= 0:
-            raise ValueError(f"mailfleet_defense:{key} must be a positive integer")
-    return pol
-
-
-def norm_address(text):
-    """Canonical address text, or raise ValueError (non-strings, garbage, non-unicast)."""
-    return mailfleet_address.address(text, ban=True)
-
-
-def check_report(payload, sender, pol):
-    """(offenders [(address, reason)], refusals [(item, why)]) or raise Refused.
-
-    ``payload`` is the event's data (the engine's report), ``sender`` the minion id Salt
-    attached to the event.
-    """
-    if not isinstance(sender, str) or not sender:
-        raise Refused("event without a sending minion id")
-    if not isinstance(payload, dict):
-        raise Refused("report is not a mapping")
-    if len(json.dumps(payload, default=str)) > pol["max_report_bytes"]:
-        raise Refused("report too large")
-    host = payload.get("host")
-    if host != sender:
-        raise Refused(f"report names host {host!r} but was sent by {sender!r}")
-    offenders = payload.get("offenders", [])
-    if not isinstance(offenders, list):
-        raise Refused("offenders is not a list")
-    if len(offenders) > pol["max_offenders"]:
-        raise Refused(f"{len(offenders)} offenders in one report (max {pol['max_offenders']})")
-    out, refused, seen = [], [], set()
-    for entry in offenders:
-        if not isinstance(entry, dict):
-            refused.append((repr(entry)[:80], "entry is not a mapping"))
-            continue
-        raw = entry.get("ip")
-        try:
-            addr = norm_address(raw)
-        except ValueError as exc:
-            refused.append((repr(raw)[:80], str(exc)))
-            continue
-        if addr in seen:
-            continue
-        seen.add(addr)
-        rules = entry.get("rules") if isinstance(entry.get("rules"), dict) else {}
-        reason = {str(k)[:32]: int(v) for k, v in list(rules.items())[:10]
-                  if isinstance(v, int) and not isinstance(v, bool)}
-        out.append((addr, reason))
-    return out, refused
-
-
-def allow_networks(entries, addresses=()):
-    """ip_network objects for the never-ban list; bad entries are logged and skipped.
-
-    ``entries``: what the master's owner wrote (master config, pillar): addresses or networks
-    no wider than /16 or /48. ``addresses``: what hosts say of themselves (grains, the
-    master's interfaces): single addresses only, so a grain of 0.0.0.0/0 allow-lists nothing."""
-    nets = []
-    for e, single in [(e, False) for e in entries or []] + [(a, True) for a in addresses or []]:
-        try:
-            net = mailfleet_address.network(str(e), single=single)
-        except ValueError as exc:
-            log.warning("mailfleet_defense: allow-list entry refused: %s", exc)
-            continue
-        nets.append(net)
-        if net.version == 4:  # the same address as IPv4-mapped IPv6
-            nets.append(ipaddress.ip_network(f"::ffff:{net.network_address}/{96 + net.prefixlen}"))
-    return nets
-
-
-def allowed(address, nets):
-    ip = ipaddress.ip_address(address)
-    return ip.is_loopback or any(ip.version == n.version and ip in n for n in nets)
-
-
-def escalate(prior, pol):
-    """Timeout for an address banned ``prior`` times before (within memory)."""
-    t = pol["ban_timeout"]
-    return int(min(t["base"] * (t["factor"] ** prior), t["max"]))
-
-
-def schedule(recent, n, now, rate, period):
-    """``not_before`` times for ``n`` new bans of one reporter.
-
-    ``recent``: the sorted not_before times of that reporter's bans in the last ``period``
-    (and any queued later). At most ``rate`` bans in any ``period``: the k-th new one waits
-    until ``period`` after the ``rate``-th before it. Nothing is dropped.
-    """
-    times = sorted(recent)
-    out = []
-    for _ in range(n):
-        t = now if len(times) < rate else max(now, times[-rate] + period)
-        times.append(t)
-        out.append(t)
-    return out
-
-
-def decide(offenders, sender, now, pol, nets, ledger):
-    """New ban rows for the checked ``offenders`` (pure, given the ledger's answers).
-
-    Returns (bans, skipped): bans are dicts ready for :meth:`Ledger.insert`, skipped lists
-    (address, why) for allow-listed and already-banned addresses.
-    """
-    bans, skipped = [], []
-    fresh = []
-    for addr, reason in offenders:
-        if allowed(addr, nets):
-            skipped.append((addr, "allow-listed"))
-            continue
-        if ledger.is_banned(addr, now):
-            skipped.append((addr, "already banned"))
-            continue
-        fresh.append((addr, reason))
-    slots = schedule(ledger.recent_not_before(sender, now - pol["period"]), len(fresh), now,
-                     pol["rate"], pol["period"])
-    mine, total = ledger.queued_by(sender, now), ledger.queued(now)
-    kept = []
-    for item, nb in zip(fresh, slots):
-        if nb > now:  # waits its turn: counts against the queue bounds
-            if mine >= pol["max_queued_per_reporter"]:
-                skipped.append((item[0], "ban queue full for this reporter"))
-                continue
-            if total >= pol["max_queued"]:
-                skipped.append((item[0], "ban queue full"))
-                continue
-            mine, total = mine + 1, total + 1
-        kept.append((item, nb))
-    for (addr, reason), nb in kept:
-        prior = ledger.prior_bans(addr, now - pol["ban_timeout"]["memory"])
-        timeout = escalate(prior, pol)
-        bans.append({"address": addr, "reporter": sender, "reason": reason, "created": now,
-                     "not_before": nb, "timeout": timeout, "expires": nb + timeout,
-                     "level": prior})
-    return bans, skipped
 
 
 # --- the ledger ----------------------------------------------------------------------------
-
-class Ledger(mailfleet_ledger.Tables):
-    """Every ban on the master, in sqlite (WAL: concurrent reactor threads, crash-safe)."""
-
-    SCHEMA = """
-    CREATE TABLE IF NOT EXISTS bans (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        address TEXT NOT NULL, family INTEGER NOT NULL, reporter TEXT NOT NULL,
-        reason TEXT NOT NULL, created REAL NOT NULL, not_before REAL NOT NULL,
-        timeout INTEGER NOT NULL, expires REAL NOT NULL, level INTEGER NOT NULL,
-        applied REAL, revoked REAL, revoked_by TEXT);
-    CREATE INDEX IF NOT EXISTS bans_address ON bans(address);
-    CREATE INDEX IF NOT EXISTS bans_reporter ON bans(reporter, not_before);
-    CREATE INDEX IF NOT EXISTS bans_pending ON bans(applied, not_before);
-    """
-
-    def is_banned(self, address, now):
-        return self.db.execute(
-            "SELECT 1 FROM bans WHERE address=? AND revoked IS NULL AND expires>? LIMIT 1",
-            (address, now)).fetchone() is not None
-
-    def prior_bans(self, address, since):
-        return self.db.execute("SELECT count(*) FROM bans WHERE address=? AND created>=?",
-                               (address, since)).fetchone()[0]
-
-    def recent_not_before(self, reporter, since):
-        return [r[0] for r in self.db.execute(
-            # a ban dropped before its turn (forget_reporter) took no slot of the rate
-            "SELECT not_before FROM bans WHERE reporter=? AND not_before>?"
-            " AND NOT (revoked IS NOT NULL AND applied IS NULL) ORDER BY not_before",
-            (reporter, since))]
-
-    def insert(self, bans):
-        for b in bans:
-            self.db.execute(
-                "INSERT INTO bans(address, family, reporter, reason, created, not_before, timeout,"
-                " expires, level) VALUES (?,?,?,?,?,?,?,?,?)",
-                (b["address"], ipaddress.ip_address(b["address"]).version, b["reporter"],
-                 json.dumps(b["reason"], sort_keys=True), b["created"], b["not_before"],
-                 b["timeout"], b["expires"], b["level"]))
-
-    def due(self, now):
-        """Bans whose turn has come and that were not sent yet: [(id, address, seconds left)]."""
-        return [(r["id"], r["address"], int(r["expires"] - now)) for r in self.db.execute(
-            "SELECT id, address, expires FROM bans WHERE applied IS NULL AND revoked IS NULL"
-            " AND not_before<=? AND expires>? ORDER BY not_before, id", (now, now + 1))]
-
-    def mark_applied(self, ids, now):
-        self.db.executemany("UPDATE bans SET applied=? WHERE id=?", [(now, i) for i in ids])
-
-    def queued_by(self, reporter, now):
-        return self.db.execute("SELECT count(*) FROM bans WHERE reporter=? AND applied IS NULL AND revoked IS NULL"
-                               " AND not_before>?", (reporter, now)).fetchone()[0]
-
-    def prune(self, now, memory=DEFAULTS["ban_timeout"]["memory"]):
-        """Delete rows expired (or revoked) longer than ``memory`` ago: past the escalation
-        memory they decide nothing. Returns how many."""
-        return self.db.execute("DELETE FROM bans WHERE max(expires, coalesce(revoked, 0)) < ?",
-                               (now - memory,)).rowcount
-
-    def queued(self, now):
-        return self.db.execute("SELECT count(*) FROM bans WHERE applied IS NULL AND revoked IS NULL"
-                               " AND not_before>?", (now,)).fetchone()[0]
-
-    def revoke(self, address, now, who):
-        cur = self.db.execute("UPDATE bans SET revoked=?, revoked_by=? WHERE address=? AND revoked IS NULL"
-                              " AND expires>?", (now, who, address, now))
-        return cur.rowcount
-
-    def revoke_reporter(self, reporter, now, who, queued_only=True):
-        """Revoke ``reporter``'s bans still waiting their turn (``queued_only=False``: and the
-        ones in force). Returns {"queued": n, "in_force": [addresses]}."""
-        cur = self.db.execute("UPDATE bans SET revoked=?, revoked_by=? WHERE reporter=? AND revoked IS NULL"
-                              " AND applied IS NULL AND not_before>?", (now, who, reporter, now))
-        out = {"queued": cur.rowcount, "in_force": []}
-        if not queued_only:
-            rows = self.db.execute("SELECT id, address FROM bans WHERE reporter=? AND revoked IS NULL"
-                                   " AND expires>?", (reporter, now)).fetchall()
-            self.db.executemany("UPDATE bans SET revoked=?, revoked_by=? WHERE id=?",
-                                [(now, who, r["id"]) for r in rows])
-            out["in_force"] = sorted({r["address"] for r in rows})
-        return out
-
-    def active(self, now):
-        """{address: expires} of bans in force (their turn has come, not revoked)."""
-        out = {}
-        for r in self.db.execute("SELECT address, max(expires) AS e FROM bans WHERE revoked IS NULL"
-                                 " AND not_before<=? AND expires>? GROUP BY address", (now, now)):
-            out[r["address"]] = r["e"]
-        return out
-
-    def revoked_since(self, since, now):
-        active = self.active(now)
-        return sorted({r[0] for r in self.db.execute(
-            "SELECT address FROM bans WHERE revoked>=?", (since,))} - set(active))
-
-    def rows(self, now, include_all=False):
-        where = "" if include_all else " WHERE revoked IS NULL AND expires>?"
-        args = () if include_all else (now,)
-        return [dict(r) for r in self.db.execute(f"SELECT * FROM bans{where} ORDER BY id", args)]
 
 
 def ledger_path(opts):
@@ -345,7 +82,7 @@ def ledger_path(opts):
 # --- Salt glue --------------------------------------------------------------------------------
 
 def _policy():
-    return policy(__opts__.get("mailfleet_defense"))
+    return _bp.policy(__opts__.get("mailfleet_defense"))
 
 
 _CACHE = {}  # survives between calls in the reactor's process: allow-list (30 s), LocalClient
@@ -381,42 +118,7 @@ def _build_allow(pol):
         addresses += found["addresses"]
     except Exception:  # pragma: no cover
         log.exception("mailfleet_defense: minion data cache")
-    return allow_networks(entries, addresses)
-
-
-def minion_entries(grains, pillar):
-    """Never-ban entries of one minion: ``addresses`` (its grains: a claim about itself,
-    taken one address at a time) and ``networks`` (its pillar's mynetworks and allow-list:
-    master-owned data)."""
-    grains, pillar = grains or {}, pillar or {}
-    mf = pillar.get("mailfleet") or {}
-
-    def items(v):
-        return [x for x in v if isinstance(x, str)] if isinstance(v, list) else []
-    return {"addresses": items(grains.get("ipv4")) + items(grains.get("ipv6")),
-            "networks": items((mf.get("host") or {}).get("mynetworks_extra"))
-            + items((mf.get("defense") or {}).get("allow"))}
-
-
-def fleet_entries(fleet):
-    """Never-ban entries of the fleet ({minion: (grains, pillar)}): the networks of every
-    host's pillar, and the fleet's own addresses from the master-owned inventory (pillar
-    mailfleet:inventory); only without an inventory from the hosts' grains (one address at
-    a time), with a warning."""
-    found = {"addresses": [], "networks": []}
-    for _mid, (g, p) in sorted(fleet.items()):
-        one = minion_entries(g, p)
-        found["networks"] += one["networks"]
-        found["addresses"] += one["addresses"]
-    inv, problems = mailfleet_inventory.parse(mailfleet_inventory.from_pillars({m: p for m, (_g, p) in fleet.items()}))
-    for problem in problems:
-        log.error("mailfleet_defense: %s", problem)
-    if inv:
-        found["addresses"] = [a for entry in inv.values() for a in entry["addresses"]]
-    elif fleet:
-        log.warning("mailfleet_defense: no pillar mailfleet:inventory: the fleet's own addresses come from "
-                    "the hosts' grains (what they say of themselves)")
-    return found
+    return _bp.allow_networks(entries, addresses)
 
 
 def _minion_addresses():
@@ -432,7 +134,7 @@ def _minion_addresses():
     for mid in cache.list("minions") or []:
         data = cache.fetch(f"minions/{mid}", "data") or {}
         fleet.setdefault(mid, (data.get("grains") or {}, data.get("pillar") or {}))
-    found = fleet_entries(fleet)
+    found = _bp.fleet_entries(fleet)
     if not ids and not found["addresses"]:
         log.error("mailfleet_defense: no minion data in the master's cache: the fleet's own "
                   "addresses are unknown (minion_data_cache off?)")
@@ -500,8 +202,8 @@ def report(minion=None, payload=None, tag=None):
     try:
         # the signature names the sender; the event's minion id proves nothing (issue 13)
         minion, payload = mailfleet_report.check(__opts__, ledger_path(__opts__), REPORT_TAG, payload, minion)
-        offenders, refused = check_report(payload, minion, pol)
-    except (Refused, mailfleet_report.Refused) as exc:
+        offenders, refused = _bp.check_report(payload, minion, pol)
+    except (_bp.Refused, mailfleet_report.Refused) as exc:
         return mailfleet_events.refuse_report(globals().get("__salt__"), _fire, "mailfleet_defense", "report",
                                               REPORT_TAG, "mailfleet/defense/refused", minion, exc)
     # Accounts first (_runners/mailfleet_accounts.py): a SASL user over its outbound volume
@@ -515,10 +217,10 @@ def report(minion=None, payload=None, tag=None):
             except Exception:  # noqa: BLE001
                 log.exception("mailfleet_defense: %s from %s", fun, minion)
     nets = _fleet_allow(pol)
-    led = Ledger(ledger_path(__opts__))
+    led = _bl.Ledger(ledger_path(__opts__))
     try:
         with led:
-            bans, skipped = decide(offenders, minion, now, pol, nets, led)
+            bans, skipped = _bp.decide(offenders, minion, now, pol, nets, led)
             led.insert(bans)
         applied, jid = _apply_due(led, pol, now)
         queued = led.queued(now)
@@ -572,7 +274,7 @@ def drain():
     """
     pol = _policy()
     now = time.time()
-    led = Ledger(ledger_path(__opts__))
+    led = _bl.Ledger(ledger_path(__opts__))
     try:
         sent, jid = _apply_due(led, pol, now)
         queued = led.queued(now)
@@ -597,7 +299,7 @@ def bans(all=False):
 
         salt-run mailfleet_defense.bans all=True
     """
-    led = Ledger(ledger_path(__opts__))
+    led = _bl.Ledger(ledger_path(__opts__))
     try:
         rows = led.rows(time.time(), include_all=bool(all))
     finally:
@@ -614,7 +316,7 @@ def active():
     """{address: expires epoch} in force, and recently revoked addresses (for reconciliation)."""
     pol = _policy()
     now = time.time()
-    led = Ledger(ledger_path(__opts__))
+    led = _bl.Ledger(ledger_path(__opts__))
     try:
         return {"active": led.active(now), "revoked": led.revoked_since(now - pol["revoked_memory"], now)}
     finally:
@@ -634,11 +336,11 @@ def unban(address):
     """
     pol = _policy()
     items = address if isinstance(address, (list, tuple)) else str(address).split(",")
-    addrs = [norm_address(a.strip() if isinstance(a, str) else a) for a in items if str(a).strip()]
+    addrs = [_bp.norm_address(a.strip() if isinstance(a, str) else a) for a in items if str(a).strip()]
     if not addrs:
         raise ValueError("mailfleet_defense.unban: no address given")
     now = time.time()
-    led = Ledger(ledger_path(__opts__))
+    led = _bl.Ledger(ledger_path(__opts__))
     try:
         with led:
             revoked = {a: led.revoke(a, now, "runner") for a in addrs}
@@ -667,7 +369,7 @@ def forget_reporter(host, unban=False):
         raise ValueError(f"mailfleet_defense.forget_reporter: host {host!r} is not a minion id")
     pol = _policy()
     now = time.time()
-    led = Ledger(ledger_path(__opts__))
+    led = _bl.Ledger(ledger_path(__opts__))
     try:
         with led:
             gone = led.revoke_reporter(host, now, f"forget:{host}", queued_only=not unban)

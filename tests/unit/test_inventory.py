@@ -6,7 +6,7 @@ host into its peer's mynetworks and picks the peer's relay address from it, and 
 defense runner's never-ban list takes the fleet's addresses from it."""
 import pytest
 
-import mailfleet_defense as d
+import mailfleet_ban_policy as bp
 import mailfleet_reroute as ob
 
 H1, H2 = "mail01.lab.test", "mail02.lab.test"
@@ -59,10 +59,10 @@ def test_a_host_missing_from_the_inventory_is_no_ones_peer_and_admitted_nowhere(
 
 
 def test_the_never_ban_list_takes_the_fleets_addresses_from_the_inventory():
-    found = d.fleet_entries({H1: ({"ipv4": ["0.0.0.0/0", "192.0.2.66"]}, pillar())})
-    nets = d.allow_networks(found["networks"], found["addresses"])
-    assert d.allowed("198.18.0.11", nets) and d.allowed("198.18.0.12", nets)
-    assert not d.allowed("192.0.2.66", nets)
+    found = bp.fleet_entries({H1: ({"ipv4": ["0.0.0.0/0", "192.0.2.66"]}, pillar())})
+    nets = bp.allow_networks(found["networks"], found["addresses"])
+    assert bp.allowed("198.18.0.11", nets) and bp.allowed("198.18.0.12", nets)
+    assert not bp.allowed("192.0.2.66", nets)
 
 
 @pytest.mark.parametrize("inv,why", [

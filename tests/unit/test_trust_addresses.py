@@ -11,13 +11,13 @@ import jinja2
 import pytest
 
 import mailfleet_ban_sets as ban
-import mailfleet_defense as d
+import mailfleet_ban_policy as bp
 import mailfleet_logparse as logparse
 import mailfleet_reroute as rr
 
 REPO = Path(__file__).resolve().parents[2]
 SCOPED = ["2001:db8::1%eth0", "fe80::1%2", "2001:db8::7%x"]
-POL = d.policy({})
+POL = bp.policy({})
 
 
 def report(*ips, host="mail02.lab.test"):
@@ -26,7 +26,7 @@ def report(*ips, host="mail02.lab.test"):
 
 @pytest.mark.parametrize("scoped", SCOPED)
 def test_a_scoped_ipv6_address_in_a_report_is_refused_and_the_rest_is_banned(scoped):
-    out, refused = d.check_report(report(scoped, "198.18.0.66"), "mail02.lab.test", POL)
+    out, refused = bp.check_report(report(scoped, "198.18.0.66"), "mail02.lab.test", POL)
     assert [a for a, _ in out] == ["198.18.0.66"]
     assert [r[0] for r in refused] == [repr(scoped)]
 
@@ -46,7 +46,7 @@ def test_no_normaliser_lets_a_scoped_address_through(scoped):
 ])
 def test_every_normaliser_gives_the_same_canonical_form(text, canonical):
     assert ban.normalise(text)[0] == canonical
-    assert d.norm_address(text) == canonical
+    assert bp.norm_address(text) == canonical
     assert rr.norm_ip(text) == canonical
     assert logparse.norm_ip(text.strip()) == canonical
 
@@ -55,23 +55,23 @@ def test_every_normaliser_gives_the_same_canonical_form(text, canonical):
 def test_a_network_in_a_hosts_grains_does_not_switch_bans_off(grain):
     """A compromised host writes networks into its ipv4/ipv6 grains: the never-ban list takes
     a host's own addresses one by one, never as networks."""
-    nets = d.allow_networks([], addresses=[grain, "198.18.0.12"])
-    assert d.allowed("198.18.0.12", nets)
-    assert not d.allowed("198.18.0.66", nets) and not d.allowed("192.0.2.9", nets)
-    assert not d.allowed("2001:db8::9", nets)
+    nets = bp.allow_networks([], addresses=[grain, "198.18.0.12"])
+    assert bp.allowed("198.18.0.12", nets)
+    assert not bp.allowed("198.18.0.66", nets) and not bp.allowed("192.0.2.9", nets)
+    assert not bp.allowed("2001:db8::9", nets)
 
 
 @pytest.mark.parametrize("entry", ["0.0.0.0/0", "::/0", "10.0.0.0/8", "198.18.0.0/15", "2001:db8::/32"])
 def test_the_allow_list_refuses_networks_wider_than_a_16_or_a_48(entry):
-    nets = d.allow_networks([entry])
+    nets = bp.allow_networks([entry])
     inside = str(ipaddress.ip_network(entry).network_address + 1000)
-    assert not d.allowed(inside, nets)
+    assert not bp.allowed(inside, nets)
 
 
 def test_the_allow_list_keeps_networks_the_master_owner_wrote():
-    nets = d.allow_networks(["198.18.0.0/16", "2001:db8:1::/48", "192.0.2.7"])
-    assert d.allowed("198.18.3.4", nets) and d.allowed("2001:db8:1::99", nets) and d.allowed("192.0.2.7", nets)
-    assert not d.allowed("192.0.2.8", nets)
+    nets = bp.allow_networks(["198.18.0.0/16", "2001:db8:1::/48", "192.0.2.7"])
+    assert bp.allowed("198.18.3.4", nets) and bp.allowed("2001:db8:1::99", nets) and bp.allowed("192.0.2.7", nets)
+    assert not bp.allowed("192.0.2.8", nets)
 
 
 def _ruleset(master_ip="198.18.0.1"):
