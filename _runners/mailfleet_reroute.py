@@ -49,15 +49,14 @@ import ipaddress
 import json
 import logging
 import os
-import re
 import time
 
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
-import mailfleet_address
 import mailfleet_inventory
 import mailfleet_report
 import mailfleet_events
 import mailfleet_ledger
+import mailfleet_reroute_plan as _plan_lib  # the event check, the plan and its steps
 from mailfleet_outbound_mode import DEFAULTS as OUTBOUND_DEFAULTS
 from mailfleet_outbound_mode import admit_entry, outbound_pillar, relayhost  # noqa: F401  (names of this runner too)
 
@@ -67,11 +66,6 @@ __virtualname__ = "mailfleet_reroute"
 
 TAG_REFUSED = "mailfleet/outbound/refused"
 TAG_DNSBL = "mailfleet/dnsbl/transition"
-STATES = ("listed", "cleared", "unknown")
-MODES = ("normal", "relay", "hold")
-MAX_TRANSITIONS = 500
-MAX_EVENT_BYTES = 256 << 10
-ZONE_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
 DEFAULTS = dict(OUTBOUND_DEFAULTS, held_alert=86400, apply_timeout=300, sls="mail.dnsbl")
 
 
@@ -106,111 +100,7 @@ def __virtual__():
     return __virtualname__
 
 
-class Refused(ValueError):
-    pass
-
-
 # --- pure: validation and planning ---------------------------------------------------------
-
-def norm_ip(text):
-    return mailfleet_address.address(text)
-
-
-def check_event(payload, sender, host_ips):
-    """(transitions, refused): the checked transitions of one event, or raise Refused.
-
-    ``host_ips``: the sending minion's own addresses as the master knows them."""
-    if not isinstance(sender, str) or not sender:
-        raise Refused("event without a sending minion id")
-    if not isinstance(payload, dict):
-        raise Refused("event data is not a mapping")
-    if len(json.dumps(payload, default=str)) > MAX_EVENT_BYTES:
-        raise Refused("event too large")
-    if payload.get("host") != sender:
-        raise Refused(f"event names host {payload.get('host')!r} but was sent by {sender!r}")
-    trans = payload.get("transitions")
-    if not isinstance(trans, list) or len(trans) > MAX_TRANSITIONS:
-        raise Refused("transitions must be a list of at most %d" % MAX_TRANSITIONS)
-    own = set()
-    for a in host_ips or []:
-        try:
-            own.add(norm_ip(a))
-        except ValueError:
-            pass
-    out, refused = [], []
-    for t in trans:
-        if not isinstance(t, dict):
-            refused.append((repr(t)[:80], "not a mapping"))
-            continue
-        try:
-            ip = norm_ip(t.get("ip"))
-        except ValueError:
-            refused.append((repr(t.get("ip"))[:80], "not an address"))
-            continue
-        if ip not in own:
-            refused.append((ip, f"not an address of {sender}"))
-            continue
-        zone = t.get("zone")
-        if not isinstance(zone, str) or not ZONE_RE.match(zone.strip(".").lower()):
-            refused.append((ip, f"bad zone {str(zone)[:80]!r}"))
-            continue
-        state = t.get("state")
-        if state not in STATES:
-            refused.append((ip, f"bad state {str(state)[:20]!r}"))
-            continue
-        codes = [str(c)[:20] for c in (t.get("codes") or [])[:10]] if isinstance(t.get("codes"), list) else []
-        out.append({"ip": ip, "zone": zone.strip(".").lower(), "state": state, "codes": codes,
-                    "why": str(t.get("why") or "")[:200], "initial": bool(t.get("initial"))})
-    return out, refused
-
-
-def plan(fleet, listed, current):
-    """Desired {host: (mode, peer)} for every fleet host.
-
-    ``fleet``: {host: {"peer_ok": bool}} (mail hosts the master knows); ``listed``: hosts
-    with an open listing; ``current``: {host: (mode, peer)} from the ledger."""
-    clean = sorted(h for h, info in fleet.items() if h not in listed and info.get("peer_ok", True))
-    load = {p: 0 for p in clean}
-    desired = {}
-    for h in sorted(fleet):
-        if h not in listed:
-            desired[h] = ("normal", None)
-    for h in sorted(h for h in fleet if h in listed):
-        peers = [p for p in clean if p != h] if not fleet[h].get("no_relay") else []
-        mode, peer = current.get(h, ("normal", None))
-        if mode == "relay" and peer in peers:
-            choice = peer  # stable: keep a peer that is still clean
-        elif peers:
-            choice = min(peers, key=lambda p: (load[p], p))
-        else:
-            choice = None
-        if choice:
-            load[choice] += 1
-            desired[h] = ("relay", choice)
-        else:
-            desired[h] = ("hold", None)
-    return desired
-
-
-def steps(desired, current, admits=None):
-    """The ordered actions turning ``current`` into ``desired``: [(action, host, peer)].
-
-    ``admit`` (the peer admits the host: apply on the peer) comes before ``relay``;
-    ``normal``/``hold``/``relay`` on the host come before ``unadmit`` of its old peer.
-    ``admits``: {host: peer admitting it} from the ledger; an admission no longer needed
-    (left by an interrupted run, say) is withdrawn too."""
-    admits = admits or {}
-    first, then, last = [], [], []
-    for h, (mode, peer) in sorted(desired.items()):
-        cmode, cpeer = current.get(h, ("normal", None))
-        if mode == "relay" and admits.get(h) != peer:
-            first.append(("admit", h, peer))
-        if (mode, peer) != (cmode, cpeer):
-            then.append((mode, h, peer))
-        old = admits.get(h) or (cpeer if cmode == "relay" else None)
-        if old and not (mode == "relay" and peer == old):
-            last.append(("unadmit", h, old))
-    return first + then + last
 
 
 # relayhost, admit_entry, outbound_pillar: _utils/mailfleet_outbound_mode.py (the ext_pillar uses them too)
@@ -322,7 +212,7 @@ def host_addresses(grains, pillar):
     out = []
     for a in ips:
         try:
-            ip = ipaddress.ip_address(norm_ip(str(a)))
+            ip = ipaddress.ip_address(_plan_lib.norm_ip(str(a)))
         except ValueError:
             continue
         if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified) and str(ip) not in out:
@@ -404,10 +294,10 @@ def _converge(store, fleet, conf, reason, now):
             fleet_info.setdefault(h, {})["no_relay"] = True
     current = store.current()
     admits = {r["host"]: r["admit_peer"] for r in store.rows() if r["admit_peer"]}
-    desired = plan(fleet_info, set(store.listed_hosts()) - isolated, current)
+    desired = _plan_lib.plan(fleet_info, set(store.listed_hosts()) - isolated, current)
     done = []
     failed_peers = set()
-    for action, host, peer in steps(desired, current, admits):
+    for action, host, peer in _plan_lib.steps(desired, current, admits):
         if host not in fleet:
             continue  # a host the master no longer knows: nothing to apply there
         g, p = fleet[host]
@@ -463,13 +353,13 @@ def dnsbl(minion=None, payload=None):
     g, p = fleet.get(minion, ({}, {})) if isinstance(minion, str) else ({}, {})
     try:
         if isinstance(minion, str) and minion not in fleet:
-            raise Refused(f"{minion!r} is not a known mail host")
+            raise _plan_lib.Refused(f"{minion!r} is not a known mail host")
         inv = inventory(fleet)
         # its own sending addresses: the inventory's (and pillar mailfleet:dnsbl:ips) when it
         # has an entry; else what it says of itself (a listing of those moves only itself)
         own = (inv[minion]["addresses"] + host_addresses({}, p)) if minion in inv else host_addresses(g, p)
-        trans, refused = check_event(payload, minion, own)
-    except Refused as exc:
+        trans, refused = _plan_lib.check_event(payload, minion, own)
+    except _plan_lib.Refused as exc:
         log.warning("mailfleet_reroute: refused DNSBL event from %r: %s", minion, exc)
         _fire(TAG_REFUSED, {"minion": minion, "why": str(exc)})
         return {"refused": str(exc)}

@@ -9,6 +9,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
+import mailfleet_reroute_plan as reroute_plan_lib
 import mailfleet_reroute as ob
 from signing import signed
 
@@ -29,7 +30,7 @@ def ev(*trans, host=H1):
 # --- validation ---------------------------------------------------------------------------
 
 def test_valid_event():
-    trans, refused = ob.check_event(ev({"ip": "198.18.0.11", "state": "listed"},
+    trans, refused = reroute_plan_lib.check_event(ev({"ip": "198.18.0.11", "state": "listed"},
                                        {"ip": "2001:DB8::11", "state": "cleared", "zone": "ZEN.spamhaus.org."}), H1, IPS)
     assert [(t["ip"], t["zone"], t["state"]) for t in trans] == [
         ("198.18.0.11", "dnsbl.lab.test", "listed"), ("2001:db8::11", "zen.spamhaus.org", "cleared")]
@@ -37,8 +38,8 @@ def test_valid_event():
 
 
 def test_forged_host_is_refused():
-    with pytest.raises(ob.Refused, match="names host 'mail02.lab.test' but was sent by 'mail01.lab.test'"):
-        ob.check_event(ev({"ip": "198.18.0.12", "state": "listed"}, host=H2), H1, IPS)
+    with pytest.raises(reroute_plan_lib.Refused, match="names host 'mail02.lab.test' but was sent by 'mail01.lab.test'"):
+        reroute_plan_lib.check_event(ev({"ip": "198.18.0.12", "state": "listed"}, host=H2), H1, IPS)
 
 
 @pytest.mark.parametrize("t,why", [
@@ -50,7 +51,7 @@ def test_forged_host_is_refused():
     ({"ip": "198.18.0.11", "state": "listed", "zone": 5}, "bad zone"),
 ])
 def test_bad_transitions_are_refused_one_by_one(t, why):
-    trans, refused = ob.check_event(ev(t, {"ip": "198.18.0.11", "state": "cleared"}), H1, IPS)
+    trans, refused = reroute_plan_lib.check_event(ev(t, {"ip": "198.18.0.11", "state": "cleared"}), H1, IPS)
     assert [x["state"] for x in trans] == ["cleared"]
     assert len(refused) == 1 and why in refused[0][1]
 
@@ -62,8 +63,8 @@ def test_bad_transitions_are_refused_one_by_one(t, why):
     ({"host": H1, "transitions": [], "junk": "x" * 300000}, "too large"),
 ])
 def test_bad_events_are_refused_whole(payload, why):
-    with pytest.raises(ob.Refused, match=why):
-        ob.check_event(payload, H1, IPS)
+    with pytest.raises(reroute_plan_lib.Refused, match=why):
+        reroute_plan_lib.check_event(payload, H1, IPS)
 
 
 # --- plan and steps -------------------------------------------------------------------------
@@ -90,21 +91,21 @@ FLEET = {H1: {}, H2: {}, H3: {}}
     ({H1: {}}, {H1}, {}, {H1: ("hold", None)}),
 ])
 def test_plan(fleet, listed, current, expected):
-    assert ob.plan(fleet, listed, current) == expected
+    assert reroute_plan_lib.plan(fleet, listed, current) == expected
 
 
 def test_steps_admit_before_relay_and_unadmit_after():
     cur = {H1: ("relay", H3)}
     want = {H1: ("relay", H2), H2: ("normal", None), H3: ("hold", None)}
-    assert ob.steps(want, cur) == [("admit", H1, H2), ("relay", H1, H2), ("hold", H3, None), ("unadmit", H1, H3)]
-    assert ob.steps({H1: ("normal", None)}, {H1: ("relay", H2)}) == [("normal", H1, None), ("unadmit", H1, H2)]
-    assert ob.steps({H1: ("normal", None)}, {}) == []
-    assert ob.steps({H1: ("hold", None)}, {H1: ("hold", None)}) == []
+    assert reroute_plan_lib.steps(want, cur) == [("admit", H1, H2), ("relay", H1, H2), ("hold", H3, None), ("unadmit", H1, H3)]
+    assert reroute_plan_lib.steps({H1: ("normal", None)}, {H1: ("relay", H2)}) == [("normal", H1, None), ("unadmit", H1, H2)]
+    assert reroute_plan_lib.steps({H1: ("normal", None)}, {}) == []
+    assert reroute_plan_lib.steps({H1: ("hold", None)}, {H1: ("hold", None)}) == []
     # the ledger's admissions: an existing one is not redone, a stale one is withdrawn
-    assert ob.steps({H1: ("relay", H2)}, {H1: ("relay", H2)}, {H1: H2}) == []
-    assert ob.steps({H1: ("relay", H2)}, {H1: ("normal", None)}, {H1: H2}) == [("relay", H1, H2)]
-    assert ob.steps({H1: ("normal", None)}, {H1: ("normal", None)}, {H1: H2}) == [("unadmit", H1, H2)]
-    assert ob.steps({H1: ("relay", H3)}, {H1: ("relay", H2)}, {H1: H2}) == [
+    assert reroute_plan_lib.steps({H1: ("relay", H2)}, {H1: ("relay", H2)}, {H1: H2}) == []
+    assert reroute_plan_lib.steps({H1: ("relay", H2)}, {H1: ("normal", None)}, {H1: H2}) == [("relay", H1, H2)]
+    assert reroute_plan_lib.steps({H1: ("normal", None)}, {H1: ("normal", None)}, {H1: H2}) == [("unadmit", H1, H2)]
+    assert reroute_plan_lib.steps({H1: ("relay", H3)}, {H1: ("relay", H2)}, {H1: H2}) == [
         ("admit", H1, H3), ("relay", H1, H3), ("unadmit", H1, H2)]
 
 

@@ -13,7 +13,7 @@ import pytest
 import mailfleet_ban_sets as ban
 import mailfleet_ban_policy as bp
 import mailfleet_logparse as logparse
-import mailfleet_reroute as rr
+import mailfleet_reroute_plan as reroute_plan_lib
 
 REPO = Path(__file__).resolve().parents[2]
 SCOPED = ["2001:db8::1%eth0", "fe80::1%2", "2001:db8::7%x"]
@@ -36,7 +36,7 @@ def test_no_normaliser_lets_a_scoped_address_through(scoped):
     with pytest.raises(ValueError):
         ban.normalise(scoped)
     with pytest.raises(ValueError):
-        rr.norm_ip(scoped)
+        reroute_plan_lib.norm_ip(scoped)
     assert logparse.norm_ip(scoped) is None
 
 
@@ -47,7 +47,7 @@ def test_no_normaliser_lets_a_scoped_address_through(scoped):
 def test_every_normaliser_gives_the_same_canonical_form(text, canonical):
     assert ban.normalise(text)[0] == canonical
     assert bp.norm_address(text) == canonical
-    assert rr.norm_ip(text) == canonical
+    assert reroute_plan_lib.norm_ip(text) == canonical
     assert logparse.norm_ip(text.strip()) == canonical
 
 
