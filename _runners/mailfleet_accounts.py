@@ -40,13 +40,13 @@ import time
 # salt://_utils: Salt's runner loader puts the utils directories on sys.path while it loads
 import mailfleet_events
 import mailfleet_ledger
+import mailfleet_account_policy as _policy  # the report check, served domains, the cap, the actions
 from mailfleet_sasl_user import valid_user as _valid_user  # salt://_utils: the hosts check the same way
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mailfleet_accounts"
 
-MAX_USERS = 100  # per report (the engine sends at most 100)
 # Holds in force that one reporter may have started (master config
 # mailfleet_accounts:max_holds_per_reporter): a compromised host cannot fill every host's map.
 MAX_HOLDS_PER_REPORTER = 100
@@ -63,90 +63,6 @@ def __virtual__():
 
 
 # --- pure ------------------------------------------------------------------------------------
-
-def _count(v):
-    return int(v) if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10 ** 9 else 0
-
-
-def check_outbound(payload):
-    """([(user, {"messages", "recipients", "window", "ips"})], refusals) from a report."""
-    entries = payload.get("outbound") or []
-    if not isinstance(entries, list):
-        return [], [("outbound", "not a list")]
-    if len(entries) > MAX_USERS:
-        return [], [("outbound", f"{len(entries)} users in one report (max {MAX_USERS})")]
-    out, refused, seen = [], [], set()
-    for e in entries:
-        if not isinstance(e, dict):
-            refused.append((repr(e)[:80], "entry is not a mapping"))
-            continue
-        try:
-            user = _valid_user(e.get("user"))
-        except ValueError as exc:
-            refused.append((repr(e.get("user"))[:80], str(exc)))
-            continue
-        if user in seen:
-            continue
-        seen.add(user)
-        ips = [str(i)[:64] for i in (e.get("ips") or [])[:5]] if isinstance(e.get("ips"), list) else []
-        out.append((user, {"messages": _count(e.get("messages")), "recipients": _count(e.get("recipients")),
-                           "window": _count(e.get("window")), "ips": ips}))
-    return out, refused
-
-
-def served_only(users, domains):
-    """(users of ``domains``, refusals): a host reports only its own domains' users.
-    ``domains``: what the master's data says the reporter serves (None: unknown, nobody)."""
-    domains = {str(d).lower().rstrip(".") for d in domains or ()}
-    kept, refused = [], []
-    for user, info in users:
-        if user.rpartition("@")[2] in domains:
-            kept.append((user, info))
-        else:
-            refused.append((user, "the reporter does not serve this user's domain"))
-    return kept, refused
-
-
-def cap_new_holds(actions, started, cap):
-    """(actions, refusals): at most ``cap`` holds in force started by one reporter
-    (``started``: how many it has now); escalations of users already held always pass."""
-    kept, refused, n = [], [], started
-    for action in actions:
-        if action[1] == "hold":
-            if n >= cap:
-                refused.append((action[0], f"the reporter already started {n} holds in force (max {cap})"))
-                continue
-            n += 1
-        kept.append(action)
-    return kept, refused
-
-
-def decide(users, current):
-    """Actions for reported users given the holds in force ({user: mode}).
-
-    [(user, new mode, info)]: "hold" for a user not held, "refuse" for one held that is
-    reported again (it kept sending), nothing for one already refused."""
-    actions = []
-    for user, info in users:
-        mode = current.get(user)
-        if mode is None:
-            actions.append((user, "hold", info))
-        elif mode == "hold":
-            actions.append((user, "refuse", info))
-    return actions
-
-
-def check_queue(payload):
-    """The report's queue part, validated, or None."""
-    q = payload.get("queue")
-    if q is None:
-        return None
-    if not isinstance(q, dict) or q.get("state") not in ("over", "cleared"):
-        raise ValueError("queue part is not {state: over|cleared, ...}")
-    return {"state": q["state"], "deferred": _count(q.get("deferred")), "oldest": _count(q.get("oldest")),
-            "hold": _count(q.get("hold")), "truncated": bool(q.get("truncated")),
-            "thresholds": {k: _count((q.get("thresholds") or {}).get(k)) for k in ("deferred", "age")}
-            if isinstance(q.get("thresholds"), dict) else {}}
 
 
 # --- ledger ----------------------------------------------------------------------------------
@@ -290,11 +206,11 @@ def outbound(minion, payload):
 
         salt-run mailfleet_accounts.outbound mail01.lab.test '{"outbound": []}'
     """
-    users, refused = check_outbound(payload)
+    users, refused = _policy.check_outbound(payload)
     served = _served_domains(minion) if users else set()
     if users and served is None:
         log.error("mailfleet_accounts: no domain data for %s in the master's cache: its report holds no one", minion)
-    users, foreign = served_only(users, served)
+    users, foreign = _policy.served_only(users, served)
     refused += foreign
     for item, why in refused:
         log.warning("mailfleet_accounts: outbound entry %s from %s refused: %s", item, minion, why)
@@ -306,7 +222,7 @@ def outbound(minion, payload):
             led = Holds(_ledger_path())
             try:
                 with led:
-                    actions, capped = cap_new_holds(decide(users, led.current()), led.started_by(minion), _cap())
+                    actions, capped = _policy.cap_new_holds(_policy.decide(users, led.current()), led.started_by(minion), _cap())
                     led.apply(actions, minion, now)
                     seq = led.bump() if actions else None
                     holds = led.current()
@@ -344,7 +260,7 @@ def queue(minion, payload):
         salt-run mailfleet_accounts.queue mail01.lab.test '{"queue": {}}'
     """
     try:
-        q = check_queue(payload)
+        q = _policy.check_queue(payload)
     except ValueError as exc:
         log.warning("mailfleet_accounts: queue report from %s refused: %s", minion, exc)
         return {"invalid": str(exc)}

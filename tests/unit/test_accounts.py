@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+import mailfleet_account_policy as account_policy_lib
 import mailfleet_accounts as acc
 import mailfleet_bans as ext
 import mailfleet_defense as d
@@ -36,7 +37,7 @@ def test_outbound_entries_are_validated_one_by_one():
     rep = outbound_report(ALICE, "Bob@Example-B.test", "x y", "#comment", "a" * 101, "ok\nuser", "", None, ALICE,
                          "eve@x\n")
     rep["outbound"].append("not a mapping")
-    users, refused = acc.check_outbound(rep)
+    users, refused = account_policy_lib.check_outbound(rep)
     assert [u for u, _i in users] == [ALICE, "bob@example-b.test"]  # lower-cased, deduplicated
     assert users[0][1] == {"messages": 250, "recipients": 600, "window": 3600, "ips": ["198.18.0.100"]}
     assert len(refused) == 8
@@ -45,29 +46,29 @@ def test_outbound_entries_are_validated_one_by_one():
 def test_outbound_counts_that_are_not_numbers_become_zero_and_size_is_bounded():
     rep = {"host": H1, "outbound": [{"user": ALICE, "messages": "9; rm -rf /", "recipients": True,
                                      "window": -1, "ips": "1.2.3.4"}]}
-    (user, info), = acc.check_outbound(rep)[0]
+    (user, info), = account_policy_lib.check_outbound(rep)[0]
     assert info == {"messages": 0, "recipients": 0, "window": 0, "ips": []}
-    users, refused = acc.check_outbound({"outbound": [{"user": f"u{i}@x"} for i in range(acc.MAX_USERS + 1)]})
+    users, refused = account_policy_lib.check_outbound({"outbound": [{"user": f"u{i}@x"} for i in range(account_policy_lib.MAX_USERS + 1)]})
     assert users == [] and "max" in refused[0][1]
-    assert acc.check_outbound({"outbound": "alice"}) == ([], [("outbound", "not a list")])
+    assert account_policy_lib.check_outbound({"outbound": "alice"}) == ([], [("outbound", "not a list")])
 
 
 def test_decide_holds_first_then_refuses_a_user_that_keeps_sending():
     users = [(ALICE, {}), ("bob@example-b.test", {}), ("carol@example-a.test", {})]
     current = {"bob@example-b.test": "hold", "carol@example-a.test": "refuse"}
-    assert acc.decide(users, current) == [(ALICE, "hold", {}), ("bob@example-b.test", "refuse", {})]
-    assert acc.decide([], current) == []
+    assert account_policy_lib.decide(users, current) == [(ALICE, "hold", {}), ("bob@example-b.test", "refuse", {})]
+    assert account_policy_lib.decide([], current) == []
 
 
 def test_queue_part_is_validated():
-    assert acc.check_queue({"host": H1}) is None
-    q = acc.check_queue({"queue": {"state": "over", "deferred": 250, "oldest": 20000, "hold": 3,
+    assert account_policy_lib.check_queue({"host": H1}) is None
+    q = account_policy_lib.check_queue({"queue": {"state": "over", "deferred": 250, "oldest": 20000, "hold": 3,
                                    "thresholds": {"deferred": 200, "age": 14400}, "junk": "x" * 10}})
     assert q == {"state": "over", "deferred": 250, "oldest": 20000, "hold": 3, "truncated": False,
                  "thresholds": {"deferred": 200, "age": 14400}}
     for bad in ({"state": "boom"}, "over", {"deferred": 1}):
         with pytest.raises(ValueError):
-            acc.check_queue({"queue": bad})
+            account_policy_lib.check_queue({"queue": bad})
 
 
 # --- runner: ledger, alerts, release (the host push replaced by a recorder) --------------------
