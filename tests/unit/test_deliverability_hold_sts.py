@@ -122,17 +122,14 @@ def test_hold_switch_must_be_a_boolean(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- bad input: DKIM state
 
-def _runner(dkim_dir):
-    spec = importlib.util.spec_from_file_location("mailfleet_dns_runner_bad_input",
-                                                  ROOT / "_runners" / "mailfleet_dns.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.__opts__ = {"mailfleet_dkim_dir": str(dkim_dir)}
-    return mod
+def _runner(dkim_dir, monkeypatch):
+    import mailfleet_dns as runner  # the runner's directory is on this suite's sys.path
+    monkeypatch.setattr(runner, "__opts__", {"mailfleet_dkim_dir": str(dkim_dir)}, raising=False)
+    return runner
 
 
-def test_unreadable_dkim_state_is_an_error_naming_the_setting_and_nothing_is_built(tmp_path):
-    runner = _runner(tmp_path)
+def test_unreadable_dkim_state_is_an_error_naming_the_setting_and_nothing_is_built(tmp_path, monkeypatch):
+    runner = _runner(tmp_path, monkeypatch)
     (tmp_path / "example-a.test" / "state.json").mkdir(parents=True)   # unreadable: a folder
     (tmp_path / "example-b.test").mkdir()
     (tmp_path / "example-b.test" / "state.json").write_text("{not json")
@@ -144,8 +141,8 @@ def test_unreadable_dkim_state_is_an_error_naming_the_setting_and_nothing_is_bui
         assert str(tmp_path / domain / "state.json") in err
 
 
-def test_verify_compares_the_served_policy_with_the_published_one(tmp_path):
-    runner = _runner(tmp_path)
+def test_verify_compares_the_served_policy_with_the_published_one():
+    import mailfleet_dns_plan as runner  # the verdict is the runner's pure side
     want = "version: STSv1\r\nmode: testing\r\nmx: mail01.lab.test\r\nmax_age: 86400\r\n"
     ok, detail = runner.policy_verdict(want, 200, want.encode())
     assert ok and "mode: testing" in detail and "mx: mail01.lab.test" in detail

@@ -1,16 +1,9 @@
-"""Pure parts of _runners/mailfleet_dns.py: TSIG key file, host facts from grains, domains
+"""The DNS runner's pure side (_utils/mailfleet_dns_plan.py): TSIG key file, host facts from grains, domains
 merged from pillars, update plans from a diff, the verify table."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("mailfleet_dns_runner_under_test",
-                                              ROOT / "_runners" / "mailfleet_dns.py")
-runner = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(runner)
-records = runner.records
+import mailfleet_dns_plan as runner  # salt://_utils: the runner's pure side
+import mailfleet_records as records
 
 KEYFILE = 'key "mailfleet-lab" {\n    algorithm hmac-sha256;\n    secret "c2VjcmV0";\n};\n'
 HOSTS = {"mail01.lab.test": {"name": "mail01.lab.test", "ipv4": ["198.18.0.11"], "ipv6": []}}

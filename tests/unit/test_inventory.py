@@ -79,7 +79,7 @@ def test_a_bad_inventory_entry_is_refused_with_its_pillar_key(inv, why):
 
 
 def test_dns_records_take_the_hosts_addresses_from_the_inventory_not_from_grains():
-    import mailfleet_dns as dns
+    import mailfleet_dns_plan as dns
     grains = {H1: {"id": H1, "fqdn": "evil.example", "ipv4": ["198.18.0.11", "192.0.2.66"]},
               H2: {"id": H2, "fqdn": H2, "ipv4": ["198.18.0.12"]}}
     facts = dns.inventory_facts({H1: pillar(), H2: pillar()}, grains)
