@@ -1,7 +1,6 @@
 """Issue 5 pieces without the lab: the MTA-STS policy a host serves (same text, same id as
 the runner publishes), the FCrDNS verdict and the outbound hold table/state, and bad input
 that must stop publishing (an unreadable DKIM state names the master setting)."""
-import importlib.util
 import json
 from pathlib import Path
 
