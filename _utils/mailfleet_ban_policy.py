@@ -8,11 +8,11 @@ report given the ledger's answers. No Salt: imported plainly (Salt puts the util
 directories on ``sys.path``).
 """
 import ipaddress
-import json
 import logging
 
 import mailfleet_address  # the one address normaliser
 import mailfleet_inventory
+import mailfleet_report  # the envelope every report shares
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,7 @@ def check_report(payload, sender, pol):
     ``payload`` is the event's data (the engine's report), ``sender`` the minion id Salt
     attached to the event.
     """
-    if not isinstance(sender, str) or not sender:
-        raise Refused("event without a sending minion id")
-    if not isinstance(payload, dict):
-        raise Refused("report is not a mapping")
-    if len(json.dumps(payload, default=str)) > pol["max_report_bytes"]:
-        raise Refused("report too large")
-    host = payload.get("host")
-    if host != sender:
-        raise Refused(f"report names host {host!r} but was sent by {sender!r}")
+    mailfleet_report.check_envelope(payload, sender, pol["max_report_bytes"], Refused)
     offenders = payload.get("offenders", [])
     if not isinstance(offenders, list):
         raise Refused("offenders is not a list")

@@ -5,8 +5,9 @@ the action its problems call for (renew, reload, or an alert only), the cooldown
 two attempts, and the verdict of the re-probe after an action. No Salt: imported plainly
 (Salt puts the utils directories on ``sys.path``).
 """
-import json
 import re
+
+import mailfleet_report  # the envelope every report shares
 
 __virtualname__ = "mailfleet_cert_policy"
 
@@ -35,14 +36,7 @@ def check_event(payload, sender, lineages):
     """[{name, problems, disk_serial}] of one event, or raise Refused.
 
     ``lineages``: the lineage names the master allows for the sending minion."""
-    if not isinstance(sender, str) or not sender:
-        raise Refused("event without a sending minion id")
-    if not isinstance(payload, dict):
-        raise Refused("event data is not a mapping")
-    if len(json.dumps(payload, default=str)) > MAX_EVENT_BYTES:
-        raise Refused("event too large")
-    if payload.get("host") != sender:
-        raise Refused(f"event names host {str(payload.get('host'))[:100]!r} but was sent by {sender!r}")
+    mailfleet_report.check_envelope(payload, sender, MAX_EVENT_BYTES, Refused)
     items = payload.get("lineages")
     if not isinstance(items, list) or not 0 < len(items) <= MAX_LINEAGES:
         raise Refused(f"lineages must be a list of 1 to {MAX_LINEAGES}")

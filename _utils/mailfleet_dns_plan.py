@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import re
 
+import mailfleet_fcrdns_verdict  # which addresses other hosts see
 import mailfleet_inventory
 import mailfleet_records as records
 
@@ -42,17 +43,7 @@ def host_facts(grains):
     """``{"name", "ipv4", "ipv6"}`` of a mail host from its grains: the addresses other
     hosts can reach (loopback, link-local and unspecified addresses left out)."""
     def usable(values):
-        out = []
-        for value in values or []:
-            try:
-                ip = ipaddress.ip_address(str(value).split("%")[0])
-            except ValueError:
-                continue
-            if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
-                continue
-            if str(ip) not in out:
-                out.append(str(ip))
-        return sorted(out, key=ipaddress.ip_address)
+        return sorted(mailfleet_fcrdns_verdict.usable_addresses(values), key=ipaddress.ip_address)
     return {"name": grains.get("fqdn") or grains.get("id"),
             "ipv4": usable(grains.get("ipv4")), "ipv6": usable(grains.get("ipv6"))}
 

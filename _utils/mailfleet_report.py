@@ -108,6 +108,21 @@ def verify(tag, payload, keys_of, now=None, seen=None, window=WINDOW, max_bytes=
     return host, body
 
 
+def check_envelope(payload, sender, max_bytes, refused=Refused):
+    """The checks every report shares before its own content is read: a sending minion id,
+    a mapping of at most ``max_bytes`` (as JSON) whose ``host`` is that sender (a host never
+    reports in another's name). Raises ``refused`` (each runner's own Refused) naming the
+    problem."""
+    if not isinstance(sender, str) or not sender:
+        raise refused("event without a sending minion id")
+    if not isinstance(payload, dict):
+        raise refused("report is not a mapping")
+    if len(json.dumps(payload, default=str)) > max_bytes:
+        raise refused("report too large")
+    if payload.get("host") != sender:
+        raise refused(f"report names host {str(payload.get('host'))[:100]!r} but was sent by {sender!r}")
+
+
 class KeyStore:
     """The master's report keys: ``<dir>/<host>.json`` = {"current": {kid, key, created},
     "previous": {...} | null, "rotated": ts | null}."""

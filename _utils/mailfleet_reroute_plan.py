@@ -7,10 +7,10 @@ current modes to the planned ones (a peer admits before a host relays through it
 stops only after). No Salt: imported plainly (Salt puts the utils directories on
 ``sys.path``).
 """
-import json
 import re
 
 import mailfleet_address  # the one address normaliser
+import mailfleet_report  # the envelope every report shares
 
 __virtualname__ = "mailfleet_reroute_plan"
 
@@ -46,14 +46,7 @@ def check_event(payload, sender, host_ips):
     """(transitions, refused): the checked transitions of one event, or raise Refused.
 
     ``host_ips``: the sending minion's own addresses as the master knows them."""
-    if not isinstance(sender, str) or not sender:
-        raise Refused("event without a sending minion id")
-    if not isinstance(payload, dict):
-        raise Refused("event data is not a mapping")
-    if len(json.dumps(payload, default=str)) > MAX_EVENT_BYTES:
-        raise Refused("event too large")
-    if payload.get("host") != sender:
-        raise Refused(f"event names host {payload.get('host')!r} but was sent by {sender!r}")
+    mailfleet_report.check_envelope(payload, sender, MAX_EVENT_BYTES, Refused)
     trans = payload.get("transitions")
     if not isinstance(trans, list) or len(trans) > MAX_TRANSITIONS:
         raise Refused("transitions must be a list of at most %d" % MAX_TRANSITIONS)
