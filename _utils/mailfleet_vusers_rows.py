@@ -12,7 +12,7 @@ a catch-all is the alias ``@<domain>``; booleans are tinyint 1/0. domain.maxquot
 import logging
 import math
 
-from mailfleet_pillar import MIB  # salt://_utils
+from mailfleet_pillar_values import MIB  # salt://_utils
 
 log = logging.getLogger(__name__)
 
