@@ -286,6 +286,10 @@ def sync(holds=None, release=None, test=False, seq=None):
     if todo["requeue_ids"]:
         # out of the hold queue through pickup: a new queue id and arrival time, sent at once
         _run([_bin("postsuper"), "-r", "-"], "\n".join(todo["requeue_ids"]) + "\n")
+        # postsuper leaves them in maildrop without a wakeup (only postqueue -f sends one,
+        # and that would flush the whole deferred queue too): kick pickup alone, else they
+        # wait for its next poll (up to a minute). Postfix down: pickup finds them at start.
+        subprocess.run([_bin("postkick"), "public", "pickup", "W"], capture_output=True, timeout=60)
     if todo["released"] and (release or "map" in changes):
         changes["forgotten"] = _forget(todo["released"])
     if seq is not None and seq != stored:
