@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from salt_render import DEBIAN_GRAINS, SaltRender
+from salt_render import DEBIAN13_GRAINS, DEBIAN_GRAINS, SaltRender
 
 # Quoting on its own: names that could not leave the webroot (no '/'), so the SLS renders
 # their commands and only quoting keeps them harmless.
@@ -121,11 +121,12 @@ def _secrets(pillar):
     return found
 
 
-def test_every_file_that_holds_a_secret_is_written_without_a_diff(tmp_path):
+@pytest.mark.parametrize("grains", [DEBIAN_GRAINS, DEBIAN13_GRAINS], ids=["Debian-12", "Debian-13"])
+def test_every_file_that_holds_a_secret_is_written_without_a_diff(tmp_path, grains):
     pillar = {"mailfleet": {"dnsbl": {"dqs_key": "dqs-secret-1234567890"},
                             "dkim": {"example-a.test": {"selector": "s1", "key_type": "rsa",
                                                         "key": "-----BEGIN PRIVATE KEY-----\nMIIsecret\n"}}}}
-    r = SaltRender(tmp_path, grains=DEBIAN_GRAINS, pillar=pillar)
+    r = SaltRender(tmp_path, grains=grains, pillar=pillar)
     secrets = _secrets(r.pillar)
     assert {"dqs-secret-1234567890"} < secrets and len(secrets) >= 4, secrets  # DB passwords, des_key, ...
     high = r.show_sls("mail")
