@@ -31,11 +31,12 @@ mailfleet-dovecot-conf:
     - name: {{ L.dovecot_dir }}/dovecot.conf
     - source: salt://mail/files/dovecot-{{ mf.lookup.dovecot_major }}.conf.jinja
     - template: jinja
+    {#- 2.4 keeps the SQL password in dovecot.conf itself: no diff in the job return #}
+    - show_changes: {{ mf.lookup.dovecot_major == "2.3" }}
     - context:
         mf: {{ mf | json }}
     - user: root
     - group: dovecot
-    {#- 2.4 keeps the SQL password in dovecot.conf itself #}
     - mode: "{{ '0644' if mf.lookup.dovecot_major == '2.3' else '0640' }}"
     - check_cmd: doveconf -n -c
     - require:
