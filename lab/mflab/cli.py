@@ -1,18 +1,25 @@
-"""labctl: build-image | up | down | status [--json] | exec HOST -- CMD... | demo"""
+"""labctl: build-image [--release R] | up | down | add HOST [--release R] | remove HOST | status [--json] | exec HOST -- CMD... | demo"""
 import argparse
 import os
 import sys
 
-from . import fleet, image
+from . import config, fleet, image
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labctl", description="the mailfleet lab fleet")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    build = sub.add_parser("build-image", help="build (or reuse) the cached base image")
+    build = sub.add_parser("build-image", help="build (or reuse) the cached base image of a release")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument("--release", default=config.DEFAULT_RELEASE, choices=sorted(config.RELEASES),
+                       help=f"Debian release (default {config.DEFAULT_RELEASE})")
     sub.add_parser("up", help="boot the lab (idempotent)")
     sub.add_parser("down", help="stop everything the lab started and remove its traces")
+    add = sub.add_parser("add", help="boot one more mail host into the running lab")
+    add.add_argument("host", help="mail03 .. mail80")
+    add.add_argument("--release", default=config.DEFAULT_RELEASE, choices=sorted(config.RELEASES))
+    rm = sub.add_parser("remove", help="take a host added with `add` out of the lab again")
+    rm.add_argument("host")
     st = sub.add_parser("status", help="one line per host; exit 1 unless all are running")
     st.add_argument("--json", action="store_true")
     ex = sub.add_parser("exec", help="run a command inside a lab host")
@@ -22,14 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "build-image":
-        fleet.preflight(need_debootstrap=True)
-        image.build(force=args.force)
+        fleet.preflight(need_debootstrap=True, suites=(args.release,))
+        image.build(args.release, force=args.force)
     elif args.cmd == "up":
         fleet.up()
     elif args.cmd == "down":
         if os.geteuid() != 0:
             raise SystemExit("lab: must run as root")
         fleet.down()
+    elif args.cmd == "add":
+        fleet.add(args.host, args.release)
+    elif args.cmd == "remove":
+        fleet.remove(args.host)
     elif args.cmd == "status":
         return fleet.status(as_json=args.json)
     elif args.cmd == "exec":

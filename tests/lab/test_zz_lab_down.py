@@ -36,7 +36,8 @@ def lab_down_and_nothing_left():
     assert net.leftovers() == []
     assert not config.STATE.exists()
     mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(config.STATE) not in mounts and str(image.image_path()) not in mounts
+    assert str(config.STATE) not in mounts
+    assert not [s for s in config.RELEASES if str(image.image_path(s)) in mounts]
 
 
 def test_a_half_up_lab_is_brought_down_cleanly(lab):
