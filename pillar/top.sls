@@ -11,3 +11,10 @@ base:
     - lab.hosts.mail01
   'mail02.lab.test':
     - lab.hosts.mail02
+  # Further lab mail hosts (MAILFLEET_LAB_MAIL_HOSTS=3, `labctl add`): the lab writes their
+  # file into its own pillar root (/run/mailfleet-lab/pillar) when it boots them.
+{%- for i in range(3, 81) %}
+  'mail{{ "%02d" % i }}.lab.test':
+    - lab.hosts.mail{{ "%02d" % i }}
+    - ignore_missing: True
+{%- endfor %}

@@ -1,6 +1,7 @@
 """Bring the lab fleet up, down, report it, and run commands inside its hosts."""
 import json
 import os
+import secrets
 import shutil
 import signal
 import ssl
@@ -19,6 +20,7 @@ STATE_FILE = config.STATE / "state.json"
 SALT_DIR = config.STATE / "salt"
 SHARED = config.STATE / "shared"
 EXTRA_DOMAINS = config.STATE / "domains"
+LAB_PILLAR = config.STATE / "pillar"
 GUEST = config.LAB_SRC / "guest"
 BOOT_TIMEOUT = 120
 VENV_BIN = Path(sys.executable).parent
@@ -34,7 +36,7 @@ ROLE_BOUND_UNITS = {"acme": ["pebble.service"], "mail": ["salt-minion.service"]}
 
 # ---------------------------------------------------------------- preflight
 
-def preflight(need_debootstrap: bool) -> None:
+def preflight(need_debootstrap: bool, suites: tuple[str, ...] = (config.DEFAULT_RELEASE,)) -> None:
     """One line naming what is missing, exit 2, nothing touched."""
     if os.geteuid() != 0:
         raise SystemExit("lab: must run as root (systemd-nspawn, bridges and nftables need it)")
@@ -43,8 +45,8 @@ def preflight(need_debootstrap: bool) -> None:
     if missing:
         raise SystemExit(f"lab: missing {', '.join(missing)} (apt-get install systemd-container "
                          f"debootstrap nftables iproute2 util-linux)")
-    if need_debootstrap:
-        url = f"{config.DEBIAN_MIRROR}/dists/{config.SUITE}/Release"
+    for suite in suites if need_debootstrap else ():
+        url = f"{config.DEBIAN_MIRROR}/dists/{suite}/Release"
         try:
             urllib.request.urlopen(url, timeout=15).close()
         except OSError as err:
@@ -153,37 +155,59 @@ def _prepare(fleet: list[Host]) -> None:
     for sub in ("minions_pre", "minions_rejected", "minions_denied"):
         (master_pki / sub).mkdir()
     for host in fleet:
-        hdir = config.STATE / "hosts" / host.name
-        (hdir / "shared").mkdir(parents=True)
-        shutil.copy(GUEST / "init.sh", hdir / "init.sh")
-        _write(hdir / "host.env", "\n".join([
-            f"ROLE={host.role}", f"NAME={host.name}", f"FQDN={host.fqdn}", f"IP={host.ip}",
-            "PREFIXLEN=24", f"NAMESERVER={config.NET_PREFIX}.2", f"DOMAIN={config.DOMAIN}"]) + "\n")
-        if host.role == "dns":
-            all_zones = zones.zones(fleet)
-            _write(hdir / "bind" / "named.conf", zones.named_conf(sorted(all_zones), secret), 0o640)
-            for zname, text in all_zones.items():
-                _write(hdir / "bind" / f"{zname}.zone", text)
-        elif host.role == "acme":
-            pki.listener_ca_and_leaf(hdir / "pebble", host.fqdn, host.ip)
-            shutil.copy(hdir / "pebble" / "listener-ca.pem", SHARED / "ca" / "listener-ca.pem")
-            _write(hdir / "pebble" / "pebble-config.json", json.dumps({"pebble": {
-                "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
-                "certificate": "/etc/mailfleet-lab/pebble/cert.pem",
-                "privateKey": "/etc/mailfleet-lab/pebble/key.pem",
-                "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "",
-                "externalAccountBindingRequired": False}}, indent=2))
-        elif host.role == "mail":
-            sdir = hdir / "salt"
-            pki.salt_keypair(sdir / "pki", "minion")
-            shutil.copy(master_pki / "master.pub", sdir / "pki" / "minion_master.pub")
-            shutil.copy(sdir / "pki" / "minion.pub", master_pki / "minions" / host.fqdn)
-            _write(sdir / "minion", f"master: {config.MASTER_IP}\nid: {host.fqdn}\n"
-                                    f"pki_dir: /etc/salt/pki/minion\nlog_level_logfile: info\n")
-            (sdir / "minion.d").mkdir()
-            for conf in (config.REPO / "config" / "minion.d").glob("*.conf"):
-                shutil.copy(conf, sdir / "minion.d" / conf.name)
+        _prepare_host(host, fleet, secret)
+        if host.role == "mail":  # the lab's own hosts: keys pre-seeded as accepted
+            shutil.copy(config.STATE / "hosts" / host.name / "salt" / "pki" / "minion.pub",
+                        master_pki / "minions" / host.fqdn)
     _write(SALT_DIR / "master", master_config())
+
+
+def _prepare_host(host: Host, fleet: list[Host], secret: str) -> None:
+    hdir = config.STATE / "hosts" / host.name
+    (hdir / "shared").mkdir(parents=True)
+    shutil.copy(GUEST / "init.sh", hdir / "init.sh")
+    _write(hdir / "host.env", "\n".join([
+        f"ROLE={host.role}", f"NAME={host.name}", f"FQDN={host.fqdn}", f"IP={host.ip}",
+        "PREFIXLEN=24", f"NAMESERVER={config.NET_PREFIX}.2", f"DOMAIN={config.DOMAIN}"]) + "\n")
+    if host.role == "dns":
+        all_zones = zones.zones(fleet)
+        _write(hdir / "bind" / "named.conf", zones.named_conf(sorted(all_zones), secret), 0o640)
+        for zname, text in all_zones.items():
+            _write(hdir / "bind" / f"{zname}.zone", text)
+    elif host.role == "acme":
+        pki.listener_ca_and_leaf(hdir / "pebble", host.fqdn, host.ip)
+        shutil.copy(hdir / "pebble" / "listener-ca.pem", SHARED / "ca" / "listener-ca.pem")
+        _write(hdir / "pebble" / "pebble-config.json", json.dumps({"pebble": {
+            "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
+            "certificate": "/etc/mailfleet-lab/pebble/cert.pem",
+            "privateKey": "/etc/mailfleet-lab/pebble/key.pem",
+            "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "",
+            "externalAccountBindingRequired": False}}, indent=2))
+    elif host.role == "mail":
+        sdir = hdir / "salt"
+        pki.salt_keypair(sdir / "pki", "minion")
+        shutil.copy(SALT_DIR / "pki" / "master" / "master.pub", sdir / "pki" / "minion_master.pub")
+        _write(sdir / "minion", f"master: {config.MASTER_IP}\nid: {host.fqdn}\n"
+                                f"pki_dir: /etc/salt/pki/minion\nlog_level_logfile: info\n")
+        (sdir / "minion.d").mkdir()
+        for conf in (config.REPO / "config" / "minion.d").glob("*.conf"):
+            shutil.copy(conf, sdir / "minion.d" / conf.name)
+        _host_pillar(host)
+
+
+def _host_pillar(host: Host) -> None:
+    """A mail host without a committed pillar file (pillar/lab/hosts/) gets one the lab makes
+    in its own pillar root, with fresh passwords: lab secrets never written into the repo."""
+    if (config.REPO / "pillar" / "lab" / "hosts" / f"{host.name}.sls").exists():
+        return
+    words = {k: secrets.token_urlsafe(12) for k in ("postfix", "dovecot", "sync")}
+    _write(LAB_PILLAR / "lab" / "hosts" / f"{host.name}.sls", "\n".join([
+        f"# {host.fqdn} only, written by the lab (lab/mflab/fleet.py) for a host added to it.",
+        "mailfleet:", "  db:",
+        f"    postfix_password: {words['postfix']}",
+        f"    dovecot_password: {words['dovecot']}",
+        f"    sync_password: {words['sync']}",
+        "  postmaster: postmaster@lab.test", ""]), 0o600)
 
 
 def master_config() -> str:
@@ -196,6 +220,7 @@ def master_config() -> str:
         "log_level_logfile: info", "auto_accept: False",
         "file_roots:", "  base:", f"    - {r}/salt",
         "pillar_roots:", "  base:", f"    - {r}/pillar",
+        f"    - {LAB_PILLAR}  # host files the lab writes for hosts it adds",
         "# Runners and the ext_pillar load straight from salt/_runners, salt/_pillar (links).",
         "module_dirs:", f"  - {r}/salt",
         "# mailfleet_domains last: Salt deep-copies the pillar so far before each further merge.",
@@ -215,6 +240,7 @@ def master_config() -> str:
 
 
 def _boot(host: Host, img: Path) -> int:
+    """Start `host` from its release's image `img`; returns nspawn's PID."""
     hdir = config.STATE / "hosts" / host.name
     argv = ["systemd-nspawn", "-q", "-D", str(img), "--boot", "--register=no", "--keep-unit",
             "--volatile=overlay", f"--network-bridge={config.BRIDGE}", f"--machine={host.machine}",
@@ -226,7 +252,7 @@ def _boot(host: Host, img: Path) -> int:
     argv.append("systemd.wants=mailfleet-lab-init.service")
     argv += [f"systemd.wants={u}" for u in ROLE_UNITS[host.role]]
     if host.role != "mail":
-        argv += [f"systemd.mask={u}" for u in config.MAIL_ONLY_UNITS]
+        argv += [f"systemd.mask={u}" for u in config.mail_only_units(host.release)]
     if host.role != "dns":
         argv.append("systemd.mask=named.service")
     log = open(config.STATE / f"console-{host.name}.log", "wb")
@@ -258,12 +284,12 @@ def _wait_booted(host: Host, nspawn_pid: int) -> int:
     raise RuntimeError(f"{host.name}: not booted within {BOOT_TIMEOUT}s")
 
 
-def _boot_all(batch: list[Host], img: Path, state: dict) -> None:
-    with Step(f"booting {', '.join(h.name for h in batch)}"):
-        pids = {h.name: _boot(h, img) for h in batch}
+def _boot_all(batch: list[Host], state: dict) -> None:
+    with Step(f"booting {', '.join(f'{h.name} ({h.release})' for h in batch)}"):
+        pids = {h.name: _boot(h, Path(state["images"][h.release])) for h in batch}
         for h in batch:
-            state["hosts"][h.name] = {"nspawn_pid": pids[h.name], "init_pid": None,
-                                      "ip": h.ip, "role": h.role, "fqdn": h.fqdn}
+            state["hosts"][h.name] = {"nspawn_pid": pids[h.name], "init_pid": None, "ip": h.ip,
+                                      "role": h.role, "fqdn": h.fqdn, "release": h.release}
         save_state(state)
         with ThreadPoolExecutor(len(batch)) as pool:
             inits = dict(zip(pids, pool.map(lambda h: _wait_booted(h, pids[h.name]), batch)))
@@ -324,15 +350,21 @@ def restart_master(timeout: float = 120) -> int:
     _terminate_group(state["master_pid"], 10)
     state["master_pid"] = _start_master()
     save_state(state)
-    wait_minions(sorted(h.fqdn for h in config.hosts(state.get("mail_hosts")) if h.role == "mail"), timeout)
+    wait_minions(sorted(h["fqdn"] for h in state["hosts"].values() if h["role"] == "mail"), timeout)
     return state["master_pid"]
 
 
 def is_up() -> bool:
+    """The lab asked for (host count and releases from the environment) is running; hosts
+    added to it since (`labctl add`) may run beside them."""
     state = load_state()
-    return bool(state) and alive(state.get("master_pid")) and all(
-        alive(h["nspawn_pid"]) and alive(h["init_pid"]) for h in state["hosts"].values()) and \
-        len(state["hosts"]) == len(config.hosts(state.get("mail_hosts")))
+    if not state or not alive(state.get("master_pid")):
+        return False
+    running = state["hosts"]
+    if not all(alive(h["nspawn_pid"]) and alive(h["init_pid"]) for h in running.values()):
+        return False
+    return all(h.name in running and running[h.name].get("release", config.DEFAULT_RELEASE) == h.release
+               for h in config.hosts())
 
 
 def up() -> None:
@@ -340,26 +372,28 @@ def up() -> None:
         say("the lab is already up; nothing changed")
         status()
         return
-    preflight(need_debootstrap=not image.is_built())
+    fleet = config.hosts()
+    suites = tuple(sorted({h.release for h in fleet}))
+    preflight(need_debootstrap=not all(image.is_built(s) for s in suites), suites=suites)
     if load_state() or _machine_pids() or net.leftovers():
         say("found a half-up lab; bringing it down first")
         down()
     t0 = time.monotonic()
-    img = image.build()
-    fleet = config.hosts()
+    images = {suite: str(image.build(suite)) for suite in suites}
     try:
         with Step("preparing keys, zones and configuration"):
             _prepare(fleet)
             net.up()
-            state = {"repo": str(config.REPO), "image": str(img), "mail_hosts": config.mail_count(),
+            state = {"repo": str(config.REPO), "images": images, "mail_hosts": config.mail_count(),
+                     "releases": {h.name: h.release for h in fleet if h.role == "mail"},
                      "hosts": {}, "master_pid": None}
             state["master_pid"] = _start_master()
             save_state(state)
         infra = [h for h in fleet if h.role in ("dns", "acme")]
-        _boot_all(infra, img, state)
+        _boot_all(infra, state)
         with Step("fetching the lab CA from Pebble"):
             _fetch_lab_ca(next(h for h in fleet if h.role == "acme"))
-        _boot_all([h for h in fleet if h not in infra], img, state)
+        _boot_all([h for h in fleet if h not in infra], state)
         minions = [h.fqdn for h in fleet if h.role == "mail"]
         with Step(f"waiting for {len(minions)} minions to answer the master"):
             wait_minions(minions)
@@ -370,6 +404,112 @@ def up() -> None:
         raise SystemExit(1)
     say(f"lab up in {time.monotonic() - t0:.1f}s")
     status()
+
+
+# ---------------------------------------------------------------- add / remove
+
+def _dns_host_records(host: Host, present: bool) -> None:
+    """The host's A and PTR records in the lab BIND, by a TSIG-signed RFC 2136 update."""
+    import dns.name
+    import dns.query
+    import dns.tsig
+    import dns.update
+    text = (config.STATE / "tsig.key").read_text()
+    secret = text.split('secret "', 1)[1].split('"', 1)[0]
+    key = dns.tsig.Key(dns.name.from_text(zones.TSIG_NAME), secret, dns.tsig.HMAC_SHA256)
+    for zone, owner, rtype, data in ((config.DOMAIN, host.name, "A", host.ip),
+                                     (zones.REVERSE_ZONE, str(host.octet), "PTR", host.fqdn + ".")):
+        update = dns.update.UpdateMessage(zone, keyring=key)
+        if present:
+            update.replace(owner, 60, rtype, data)
+        else:
+            update.delete(owner, rtype)
+        answer = dns.query.tcp(update, f"{config.NET_PREFIX}.2", timeout=10)
+        if answer.rcode() != 0:
+            raise RuntimeError(f"DNS update of {owner}.{zone} {rtype} refused: rcode {answer.rcode()}")
+
+
+def _accept_key(host: Host, timeout: float = 60) -> None:
+    """Accept the new host's minion key deliberately: only the key the lab generated for it
+    (compared byte for byte), never whatever key shows up under its name."""
+    pending = SALT_DIR / "pki" / "master" / "minions_pre" / host.fqdn
+    expected = (config.STATE / "hosts" / host.name / "salt" / "pki" / "minion.pub").read_text()
+    deadline = time.monotonic() + timeout
+    while not pending.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{host.fqdn}: no key waiting for acceptance after {timeout:.0f}s")
+        time.sleep(0.3)
+    if pending.read_text().strip() != expected.strip():
+        raise RuntimeError(f"{host.fqdn}: the waiting key is not the one the lab generated; not accepted")
+    subprocess.run([str(VENV_BIN / "salt-key"), "-c", str(SALT_DIR), "-y", f"--accept={host.fqdn}"],
+                   check=True, capture_output=True, text=True)
+
+
+def add(name: str, release: str) -> Host:
+    """Boot one more mail host into the running lab: its own key accepted deliberately, its
+    name in the lab DNS, a pillar file of its own. It serves no domain until a domain file
+    lists it."""
+    state = load_state()
+    if not state or not alive(state.get("master_pid")):
+        raise SystemExit("lab: the lab is not up (`make lab` first)")
+    config.check_release(release)
+    try:
+        number = int(name.removeprefix("mail")) if name.startswith("mail") else 0
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 80 or name != f"mail{number:02d}":
+        raise SystemExit(f"lab: a mail host is named mail01..mail80, not {name!r}")
+    if name in state["hosts"]:
+        raise SystemExit(f"lab: {name} is already in the lab")
+    host = config.mail_host(number, {name: release})
+    t0 = time.monotonic()
+    if release not in state["images"]:
+        preflight(need_debootstrap=not image.is_built(release), suites=(release,))
+        state["images"][release] = str(image.build(release))
+    with Step(f"preparing {name}"):
+        _prepare_host(host, [], "")
+        _dns_host_records(host, present=True)
+        state.setdefault("releases", {})[name] = release
+        save_state(state)
+    try:
+        _boot_all([host], state)
+        with Step(f"accepting {host.fqdn}'s key and waiting for it to answer"):
+            _accept_key(host)
+            wait_minions([host.fqdn])
+    except BaseException:
+        remove(name)
+        raise
+    say(f"{name} ({release}) added in {time.monotonic() - t0:.1f}s")
+    return host
+
+
+def remove(name: str) -> None:
+    """Take an added host out of the lab again: stopped, key deleted, DNS records and its
+    lab-made pillar file removed. The lab's own hosts stay (`make lab-down` ends them)."""
+    state = load_state()
+    if not state or name not in state.get("releases", {}) and name not in state["hosts"]:
+        raise SystemExit(f"lab: no host {name!r} in the running lab")
+    entry = state["hosts"].get(name, {})
+    number = int(name.removeprefix("mail"))
+    if name in {h.name for h in config.hosts(state.get("mail_hosts"), state.get("releases", {}))}:
+        raise SystemExit(f"lab: {name} is one of the lab's own hosts; `make lab-down` stops it")
+    host = config.mail_host(number, state.get("releases", {}))
+    pids = [p for p in (entry.get("init_pid"),) if p]
+    _terminate(pids, 0)
+    if entry.get("nspawn_pid"):
+        _terminate([entry["nspawn_pid"]], 5)
+    subprocess.run([str(VENV_BIN / "salt-key"), "-c", str(SALT_DIR), "-y", f"--delete={host.fqdn}"],
+                   capture_output=True, text=True)
+    try:
+        _dns_host_records(host, present=False)
+    except (OSError, RuntimeError) as err:
+        say(f"{name}: DNS records not withdrawn: {err}")
+    shutil.rmtree(config.STATE / "hosts" / name, ignore_errors=True)
+    (LAB_PILLAR / "lab" / "hosts" / f"{name}.sls").unlink(missing_ok=True)
+    state["hosts"].pop(name, None)
+    state.get("releases", {}).pop(name, None)
+    save_state(state)
+    say(f"{name} removed from the lab")
 
 
 # ---------------------------------------------------------------- down
