@@ -152,6 +152,27 @@ def test_holds_per_reporter_are_capped_and_the_excess_is_refused_with_an_alert(r
     assert ret["refused"] == [users[0]]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 13, finding 5: no fleet-wide bound on holds in force")
+def test_the_fleet_never_holds_more_users_than_a_host_map_takes(runner, monkeypatch):
+    # Many reporters (or a postmaster's script) together: the ledger stops at the hosts' own
+    # bound, refuses the rest with an alert, and every map pushed stays valid on the hosts.
+    monkeypatch.setattr(shp, "MAX_USERS", 4)
+    reporters = [f"mail{i:02d}.lab.test" for i in range(1, 4)]
+    for host in reporters:
+        runner["served"][host] = {"example-a.test"}
+    held = []
+    for n, host in enumerate(reporters):
+        ret = acc.outbound(host, outbound_report(*[f"u{n}x{i}@example-a.test" for i in range(2)], host=host))
+        held += ret["held"]
+    assert len(held) == 4 and len(acc.holds()) == 4
+    assert [a for a in runner["alerted"] if a[0] == "report_refused" and a[1] == reporters[2]]
+    for holds, _ in runner["pushed"]:
+        assert shp.check_holds(holds) == holds
+    with pytest.raises(ValueError, match="holds in force"):
+        acc.hold("bob@example-b.test")
+    acc.hold(held[0], mode="refuse")  # escalating a user already held still works
+
+
 def test_hold_refuse_release_recorded_pushed_and_alerted(runner):
     ret = acc.outbound(H1, outbound_report(ALICE))
     assert ret["held"] == [ALICE] and ret["refused"] == []

@@ -3,14 +3,12 @@ Dovecot 2.3 and 2.4 configs rendered through Salt's templating with sample setti
 
 The 2.4 syntax was checked against the 2.4 documentation and the dovecot/core 2.4.1 sources
 (citations at the top of salt/mail/files/dovecot-2.4.conf.jinja). No Dovecot 2.4 package
-exists for Debian 12 (apt-cache policy dovecot-core: 2.3.19.1 only), so the doveconf check
-runs only where DOVECONF points at a 2.4 doveconf (Debian 13's dovecot-core, or one built
-from dovecot/core tag 2.4.1: it passed there, and refuses mail_location or a first setting
-other than dovecot_config_version).
+exists for Debian 12, so the doveconf check runs Debian 13's doveconf inside the lab's trixie
+image (no boot: `mflab.image.run_in_image`), which refuses mail_location or a first setting
+other than dovecot_config_version.
 """
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -30,8 +28,8 @@ SAMPLE = {
     "vmail": {"user": "vmail", "uid": 5000, "gid": 5000},
 }
 
-# A doveconf from Dovecot 2.4 (e.g. Debian 13's dovecot-core) to check the render with,
-# when there is one: DOVECONF=/path/to/doveconf pytest tests/unit/test_render_dovecot24.py
+# The render is checked by Debian 13's own doveconf (Dovecot 2.4.1), run from the lab's
+# trixie image; DOVECONF=/path/to/doveconf checks it against another 2.4 build instead.
 DOVECONF = os.environ.get("DOVECONF")
 
 # Settings that 2.4 renamed or removed (2.3-to-2.4 upgrade guide).
@@ -145,15 +143,19 @@ def test_tls_only_no_plaintext_imap_no_pop3(render, major):
     assert "unix_listener /var/spool/postfix/private/dovecot-lmtp {" in text
 
 
-@pytest.mark.skipif(not (DOVECONF and shutil.which(DOVECONF)), reason="no Dovecot 2.4 doveconf "
-                    "(Debian 12 ships 2.3 only); set DOVECONF=/path/to/doveconf")
+@pytest.mark.lab
 def test_doveconf_24_accepts_the_render(render, tmp_path):
     conf = tmp_path / "dovecot.conf"
     # doveconf refuses a config whose login/internal users do not exist on this machine;
     # that is about the machine, not the syntax under test.
     conf.write_text(render["2.4"] + "default_login_user = nobody\n"
                     "default_internal_user = nobody\ndefault_internal_group = nogroup\n")
-    out = subprocess.run([DOVECONF, "-n", "-P", "-c", str(conf)], capture_output=True, text=True)
+    if DOVECONF:
+        out = subprocess.run([DOVECONF, "-n", "-P", "-c", str(conf)], capture_output=True, text=True)
+    else:  # Debian 13's own doveconf, from the lab's trixie image (built when missing)
+        from mflab import image
+        out = image.run_in_image("trixie", ["doveconf", "-n", "-P", "-c", "/mnt/conf/dovecot.conf"],
+                                 binds_ro={str(tmp_path): "/mnt/conf"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("# 2.4"), out.stdout[:200]
     assert "dovecot_config_version = 2.4.0" in out.stdout
