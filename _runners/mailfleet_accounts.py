@@ -222,7 +222,9 @@ def outbound(minion, payload):
             led = Holds(_ledger_path())
             try:
                 with led:
-                    actions, capped = _policy.cap_new_holds(_policy.decide(users, led.current()), led.started_by(minion), _cap())
+                    current = led.current()
+                    actions, capped = _policy.cap_new_holds(_policy.decide(users, current), led.started_by(minion),
+                                                            _cap(), in_force=len(current))
                     led.apply(actions, minion, now)
                     seq = led.bump() if actions else None
                     holds = led.current()
@@ -300,6 +302,9 @@ def hold(user, mode="hold", reason="held by the postmaster"):
                     return {"user": user, "mode": mode, "changed": False, "hosts": {}}
                 info = {"reason": reason, "by": "runner"}
                 if user not in current:
+                    if len(current) >= _policy.fleet_limit():
+                        raise ValueError(f"the fleet already has {len(current)} holds in force (max "
+                                         f"{_policy.fleet_limit()}, what a host's hold map takes): release some first")
                     led.apply([(user, "hold", info)], "runner", now)
                 if mode != "hold" or user in current:  # the mode of the row in force
                     led.set_mode(user, mode, info, now)

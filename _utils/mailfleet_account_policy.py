@@ -5,6 +5,7 @@ host reports only its own domains' users, the cap on holds one reporter may star
 actions for the reported users given the holds in force. No Salt: imported plainly (Salt
 puts the utils directories on ``sys.path``).
 """
+import mailfleet_sasl_hold_plan  # the hosts' bound on a hold map
 from mailfleet_sasl_user import valid_user as _valid_user  # the hosts check the same way
 
 __virtualname__ = "mailfleet_account_policy"
@@ -60,16 +61,27 @@ def served_only(users, domains):
     return kept, refused
 
 
-def cap_new_holds(actions, started, cap):
+def fleet_limit():
+    """Holds in force the whole fleet may carry: what every host's hold map takes (the hosts
+    refuse a longer map whole, so the master must never send one)."""
+    return mailfleet_sasl_hold_plan.MAX_USERS
+
+
+def cap_new_holds(actions, started, cap, in_force=0):
     """(actions, refusals): at most ``cap`` holds in force started by one reporter
-    (``started``: how many it has now); escalations of users already held always pass."""
-    kept, refused, n = [], [], started
+    (``started``: how many it has now) and at most ``fleet_limit()`` in force in all
+    (``in_force``: how many there are now); escalations of users already held always pass."""
+    kept, refused, n, total, limit = [], [], started, in_force, fleet_limit()
     for action in actions:
         if action[1] == "hold":
             if n >= cap:
                 refused.append((action[0], f"the reporter already started {n} holds in force (max {cap})"))
                 continue
+            if total >= limit:
+                refused.append((action[0], f"the fleet already has {total} holds in force (max {limit})"))
+                continue
             n += 1
+            total += 1
         kept.append(action)
     return kept, refused
 

@@ -152,7 +152,6 @@ def test_holds_per_reporter_are_capped_and_the_excess_is_refused_with_an_alert(r
     assert ret["refused"] == [users[0]]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13, finding 5: no fleet-wide bound on holds in force")
 def test_the_fleet_never_holds_more_users_than_a_host_map_takes(runner, monkeypatch):
     # Many reporters (or a postmaster's script) together: the ledger stops at the hosts' own
     # bound, refuses the rest with an alert, and every map pushed stays valid on the hosts.
