@@ -9,6 +9,7 @@ complete, so an interrupted build never looks finished.
 import hashlib
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -97,10 +98,9 @@ def build(suite: str = config.DEFAULT_RELEASE, force: bool = False) -> Path:
 
 
 def run_in_image(suite: str, argv: list[str], binds_ro: dict[str, str] | None = None,
-                 timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+                 timeout: float = 120) -> subprocess.CompletedProcess:
     """Run one command of a release's image without booting it (a throwaway tmpfs overlay:
     the cached image is never written), e.g. that release's `doveconf` or `postconf`."""
-    import subprocess
     cmd = ["systemd-nspawn", "-q", "-D", str(build(suite)), "--register=no", "--keep-unit",
            "--volatile=overlay", "--private-network", "--timezone=off", "--resolv-conf=off",
            "--pipe", "--link-journal=no"]
