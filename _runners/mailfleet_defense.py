@@ -107,6 +107,14 @@ def _build_allow(pol):
     iface = __opts__.get("interface")
     if iface and iface not in ("0.0.0.0", "::"):
         addresses.append(iface)
+    # The resolvers the master publishes and checks DNS through, and its own: banning one
+    # cuts the fleet's DNS (master-owned settings, so taken as written).
+    addresses += [str(__opts__[k]) for k in ("mailfleet_dns_server", "mailfleet_dns_resolver") if __opts__.get(k)]
+    try:
+        import salt.utils.dns
+        addresses += [str(ip) for ip in salt.utils.dns.parse_resolv().get("nameservers", [])]
+    except Exception:  # noqa: BLE001 (no resolv.conf: nothing to add)
+        log.debug("mailfleet_defense: no resolv.conf nameservers")
     try:
         import salt.utils.network
         addresses += salt.utils.network.ip_addrs() + salt.utils.network.ip_addrs6()

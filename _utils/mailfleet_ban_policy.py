@@ -192,9 +192,27 @@ def minion_entries(grains, pillar):
 
     def items(v):
         return [x for x in v if isinstance(x, str)] if isinstance(v, list) else []
+    relayhost = str(((mf.get("postfix") or {}).get("main") or {}).get("relayhost") or "")
     return {"addresses": items(grains.get("ipv4")) + items(grains.get("ipv6")),
             "networks": items((mf.get("host") or {}).get("mynetworks_extra"))
-            + items((mf.get("defense") or {}).get("allow"))}
+            + items((mf.get("defense") or {}).get("allow"))
+            # the resolvers and the relayhost the host depends on: banning them cuts its
+            # DNS or its outbound mail
+            + items((mf.get("dnsbl") or {}).get("nameservers"))
+            + _relayhost_addresses(relayhost)}
+
+
+def _relayhost_addresses(relayhost):
+    """Literal addresses of a Postfix relayhost (``[198.18.0.60]:587``, ``[2001:db8::1]``);
+    a name is resolved by the host, so the master does not guess its address."""
+    out = []
+    for part in relayhost.replace(",", " ").split():
+        host = part[1:part.index("]")] if part.startswith("[") and "]" in part else part.rsplit(":", 1)[0]
+        try:
+            out.append(str(ipaddress.ip_address(host)))
+        except ValueError:
+            continue
+    return out
 
 
 def fleet_entries(fleet):

@@ -88,7 +88,6 @@ def test_dns_records_take_the_hosts_addresses_from_the_inventory_not_from_grains
         dns.inventory_facts({H1: pillar()}, dict(grains, **{"mail03.lab.test": {"id": "mail03.lab.test"}}))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13, finding 6: resolvers and relayhosts are not on the never-ban list")
 def test_the_resolvers_and_the_relayhost_the_pillar_names_are_never_banned():
     p = pillar()
     p["mailfleet"]["dnsbl"] = {"nameservers": ["198.18.0.2"]}
@@ -99,7 +98,6 @@ def test_the_resolvers_and_the_relayhost_the_pillar_names_are_never_banned():
     assert not bp.allowed("198.18.0.61", nets)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13, finding 6: the master's resolvers are not on the never-ban list")
 def test_the_resolver_the_master_publishes_through_is_never_banned(monkeypatch):
     import mailfleet_defense as d
     monkeypatch.setattr(d, "__opts__", {"interface": "198.18.0.1", "mailfleet_dns_server": "198.18.0.2",
