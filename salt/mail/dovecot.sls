@@ -45,6 +45,18 @@ mailfleet-dovecot-conf:
     - watch_in:
       - service: mailfleet-dovecot
 
+{#- Dovecot's auth, LMTP and quota-status sockets live in Postfix's private/ folder; a
+    bare Debian 13 host has none until Postfix first starts, and Dovecot refuses to start
+    without it. The owner and mode are Postfix's own (postfix-files). #}
+mailfleet-dovecot-postfix-private:
+  file.directory:
+    - name: {{ L.postfix_spool }}/private
+    - user: postfix
+    - group: {{ L.root_group }}
+    - mode: "0700"
+    - require:
+      - pkg: mailfleet-packages
+
 mailfleet-dovecot:
   service.running:
     - name: dovecot
@@ -53,3 +65,4 @@ mailfleet-dovecot:
     - require:
       - mailfleet_db: mailfleet-database
       - file: mailfleet-vmail-home
+      - file: mailfleet-dovecot-postfix-private

@@ -85,11 +85,26 @@ mailfleet-mailer-conf:
       - cmd: mailfleet-postfix-aliases
 {%- endif %}
 
+{#- Debian 13's postfix, installed with "No configuration", leaves no /etc/aliases (12's
+    did), and newaliases refuses a missing file: create the stock one, never replace it. #}
+mailfleet-postfix-aliases-file:
+  file.managed:
+    - name: {{ L.aliases_file }}
+    - replace: False
+    - contents: |
+        # See man 5 aliases for format (created by mailfleet: the system had none)
+        postmaster:    root
+    - require:
+      - pkg: mailfleet-packages
+
 mailfleet-postfix-aliases:
   cmd.run:
     - name: {{ L.postfix_newaliases }}
     - onchanges:
       - file: mailfleet-postfix-main-cf
+      - file: mailfleet-postfix-aliases-file
+    - require:
+      - file: mailfleet-postfix-aliases-file
     - require_in:
       - service: mailfleet-postfix
 
