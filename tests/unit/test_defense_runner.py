@@ -295,3 +295,40 @@ def test_forgetting_an_isolated_reporter_drops_its_queue_and_on_request_lifts_it
         assert [b["not_before"] for b in again] == [now + 61]
     finally:
         led.close()
+
+
+def test_bans_are_published_outside_the_ledgers_write_transaction_and_a_failed_publish_is_retried(tmp_path, monkeypatch):
+    # While the master publishes a ban to every host, another ledger writer (a hold, an unban)
+    # must not wait on it; a publish that fails leaves the ban queued, and the next drain sends it.
+    import sqlite3
+
+    from signing import signed
+    opts = {"mailfleet_ledger": str(tmp_path / "ledger.sqlite"), "cachedir": str(tmp_path)}
+    monkeypatch.setattr(d, "__opts__", opts, raising=False)
+    monkeypatch.setattr(d, "__salt__", {}, raising=False)
+    monkeypatch.setattr(d, "_fleet_allow", lambda pol: [])
+    monkeypatch.setattr(d, "_alert", lambda *a, **k: None, raising=False)
+    sent, fail = [], [True]
+
+    def send(pol, items, fun="mailfleet_ban.add"):
+        other = sqlite3.connect(opts["mailfleet_ledger"], timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # raises "database is locked" inside a write transaction
+            other.rollback()
+        finally:
+            other.close()
+        if fail[0]:
+            fail[0] = False
+            raise ConnectionError("master publish failed")
+        sent.append(sorted(items))
+        return "20261208000000000001"
+    monkeypatch.setattr(d, "_send", send)
+    ret = d.report(HOST, signed(opts, d.REPORT_TAG, report("198.19.5.5")))
+    assert sent == [] and "198.19.5.5" in str(ret)
+    led = bl.Ledger(opts["mailfleet_ledger"])
+    try:
+        assert [a for _i, a, _l in led.due(time.time())] == ["198.19.5.5"]  # not published: still due
+    finally:
+        led.close()
+    assert d.drain()["sent"] == 1 and sent == [["198.19.5.5"]]
+    assert d.drain()["sent"] == 0
