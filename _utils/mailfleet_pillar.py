@@ -15,9 +15,9 @@ control characters in any text.
 import json
 import re
 
-from mailfleet_pillar_values import (  # noqa: F401  (the value parsers; their names are this module's too)
-    BIGINT_MAX, CONTROL, MIB, SCHEMES, check_local_part, check_password, format_quota, idna_domain,
-    parse_address, parse_quota,
+from mailfleet_pillar_values import (  # the value parsers this validator applies
+    BIGINT_MAX, CONTROL, check_local_part, check_password, format_quota, idna_domain, parse_address,
+    parse_quota,
 )
 
 PREFIX = "mailfleet"

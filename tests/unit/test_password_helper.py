@@ -13,7 +13,7 @@ import stat
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-import mailfleet_pillar as pillar_check
+import mailfleet_pillar_values as values
 from _runners import mailfleet_password as runner
 from _modules import mailfleet_password as module
 import mailfleet_password_rules as rules
@@ -35,7 +35,7 @@ def test_runner_output_is_dovecots_format(scheme):
     first = runner.make_hash(PW, scheme)
     assert FORMAT[scheme].fullmatch(first), first
     assert runner.make_hash(PW, scheme) != first            # a fresh salt every time
-    assert pillar_check.check_password(first) is None    # the sync accepts it as is
+    assert values.check_password(first) is None    # the sync accepts it as is
     assert PW not in first
 
 

@@ -4,6 +4,7 @@ import copy
 import pytest
 
 import mailfleet_pillar as pillar_check
+import mailfleet_pillar_values as values
 import mailfleet_vusers_db as vdb
 import mailfleet_vusers_rows as rows
 import mailfleet_vusers_sync as vsync
@@ -53,19 +54,19 @@ def test_valid_pillar_has_no_errors():
     (" 3 G ", 3 * 1024**3),
 ])
 def test_parse_quota(value, expected):
-    assert pillar_check.parse_quota(value) == expected
+    assert values.parse_quota(value) == expected
 
 
 @pytest.mark.parametrize("value", ["10X", "10GB", "-1", -5, "G", "", True, None, 1.5, "1.5", "1e3"])
 def test_parse_quota_rejects(value):
     with pytest.raises(ValueError):
-        pillar_check.parse_quota(value)
+        values.parse_quota(value)
 
 
 @pytest.mark.parametrize("value", [ARGON, SHA512, BLF, "{sha512-crypt}" + SHA512.split("}", 1)[1],
                                    "{SHA512-CRYPT}$6$rounds=5000$abc$" + "a" * 86])
 def test_password_accepted(value):
-    assert pillar_check.check_password(value) is None
+    assert values.check_password(value) is None
 
 
 @pytest.mark.parametrize("value,why", [
@@ -81,7 +82,7 @@ def test_password_accepted(value):
     (None, f"missing password; {HINT}"),
 ])
 def test_password_refused(value, why):
-    assert pillar_check.check_password(value) == why
+    assert values.check_password(value) == why
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -90,14 +91,14 @@ def test_password_refused(value, why):
     ("例え.テスト", "xn--r8jz45g.xn--zckzah"),
 ])
 def test_idna_domain(name, expected):
-    assert pillar_check.idna_domain(name) == expected
+    assert values.idna_domain(name) == expected
 
 
 @pytest.mark.parametrize("name", ["bad_domain.test", "localhost", "a..b.test", "-x.test", "x.test.", "", "a.123",
                                   "x" * 64 + ".test", "xn--zz.test", "sp ace.test"])
 def test_idna_domain_rejects(name):
     with pytest.raises(ValueError):
-        pillar_check.idna_domain(name)
+        values.idna_domain(name)
 
 
 # ------------------------------------------------------------------- paths in errors
