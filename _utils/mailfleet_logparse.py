@@ -36,7 +36,9 @@ mail_auth     Dovecot ``imap-login``/``pop3-login``/``submission-login``/...    
               ``... (auth failed, N attempts in S secs): ... rip=<ip>`` (count = N),
               ``(tried to use disallowed plaintext auth)``, ``(proxy dest auth failed)``
 auth_backend  Dovecot ``auth``/``auth-worker`` ``<passdb>(user,ip,...): Password     auth
-              mismatch`` / ``unknown user`` (only logged with ``auth_verbose=yes``)
+              mismatch`` / ``unknown user`` (2.3), ``auth-worker(user,ip)<pid>:
+              request [n]: <passdb>: Password mismatch`` (2.4); only logged with
+              ``auth_verbose=yes``
 postscreen    ``PREGREET``, ``HANGUP``, ``COMMAND PIPELINING``, ``NON-SMTP COMMAND``,  postscreen
               ``BARE NEWLINE``, ``COMMAND TIME|COUNT|LENGTH LIMIT`` (``[ip]:port``)
 protocol      smtpd ``improper command pipelining after X``, ``too many errors      protocol
@@ -264,12 +266,49 @@ _BACKEND_TAIL = re.compile(r"(?: \((?:SHA1 of )?given password: [^()]*\))?(?: - 
 _BACKEND_MSGS = ("): Password mismatch", "): unknown user")
 
 
+# Dovecot 2.4 puts the request's identifier on the process name instead (auth-request.c
+# get_log_prefix; taken from Debian 13's 2.4.1): "auth-worker(bob@example-b.test,198.18.0.100)
+# <3583><v4PHFxdiUqTGEgBk>: request [1]: sql: Password mismatch", the auth process likewise
+# as "auth(user,ip,sasl:plain)<session>: Info: sql: ...".
+_DOVECOT24_AUTH = re.compile(r"(auth(?:-worker)?)\((.+?)\)(?:<\d+>)?(?:<[^<>\s]*>)?: "
+                             r"(?:request \[\d+\]: )?(?:(?:Info|Warning|Error): )?([a-z0-9_-]+): ")
+_BACKEND24_MSGS = ("Password mismatch", "unknown user")
+
+
+def _dovecot24_backend(msg):
+    m = _DOVECOT24_AUTH.match(msg)
+    if m is None:
+        return None
+    service, ident, tail = m.group(1), m.group(2), msg[m.end():]
+    for text in _BACKEND24_MSGS:
+        if tail.startswith(text):
+            break
+    else:
+        return None
+    rest = tail[len(text):]
+    if rest and _BACKEND_TAIL.fullmatch(rest) is None:
+        return None
+    if " - trying the next" in rest:
+        return None  # not the last passdb: the final verdict comes in its own line
+    parts = ident.split(",")
+    while len(parts) > 1 and (parts[-1].startswith("sasl:") or parts[-1] == "master"):
+        parts.pop()
+    if len(parts) < 2:
+        return None  # no address: a userdb lookup (LMTP delivery), not a login
+    ip = norm_ip(parts[-1])
+    if ip is None:
+        return None
+    user = ",".join(parts[:-1])[:_USER_MAX]
+    detail = "password_mismatch" if text == "Password mismatch" else "unknown_user"
+    return Event("auth_backend", ip, service, detail, None if user in ("", "?") else user)
+
+
 def _dovecot(tag, msg):
     proc = tag
     if tag in _DOVECOT_TAGS:
         m = _DOVECOT_PROC.match(msg)
         if m is None:
-            return None
+            return _dovecot24_backend(msg) if msg.startswith("auth") else None
         proc, msg = m.group(1), msg[m.end():]
     elif msg.startswith(("Info: ", "Warning: ", "Error: ")):
         msg = msg.split(": ", 1)[1]
@@ -390,7 +429,7 @@ KEYWORDS = (
     b"authentication failed",  # Postfix SASL
     b"auth failed",  # Dovecot login (auth failed, N attempts) / (proxy dest auth failed)
     b"plaintext auth)",  # Dovecot login (tried to use disallowed plaintext auth)
-    b"Password mismatch", b"): unknown user",  # Dovecot auth
+    b"Password mismatch", b": unknown user",  # Dovecot auth (2.3 "sql(...): ", 2.4 "sql: ")
     b" after ",  # postscreen PREGREET/HANGUP/COMMAND .../BARE NEWLINE; smtpd improper command
                  # pipelining / too many errors / lost connection after AUTH
     b"non-SMTP command",  # smtpd
