@@ -23,10 +23,10 @@ DEBIAN_MIRROR = os.environ.get("MAILFLEET_DEBIAN_MIRROR", "http://deb.debian.org
 # Debian releases the lab runs: suite -> version. Each has its own base image, built from one
 # recipe. Roles other than mail hosts always run DEFAULT_RELEASE; each mail host runs the
 # release MAILFLEET_LAB_RELEASES names for it (`mail01:bookworm,mail02:trixie`), else
-# DEFAULT_MAIL_RELEASES', else DEFAULT_RELEASE.
+# DEFAULT_MAIL_RELEASES, else DEFAULT_RELEASE.
 RELEASES = {"bookworm": "12", "trixie": "13"}
 DEFAULT_RELEASE = "bookworm"
-DEFAULT_MAIL_RELEASES: dict[str, str] = {}
+DEFAULT_MAIL_RELEASES: dict[str, str] = {"mail02": "trixie"}  # the default lab is mixed
 MAIL_DOMAINS = {"example-a.test": "mail01", "example-b.test": "mail02"}
 
 # Services only mail hosts run; other roles mask them so nothing starts by accident.

@@ -582,15 +582,15 @@ def status(as_json: bool = False) -> int:
         else:
             say("the lab is down" + (f"; leftovers: {', '.join(left)}" if left else ""))
         return 1
-    rows = [("master", "master", config.MASTER_IP, alive(state.get("master_pid")), state.get("master_pid"))]
-    rows += [(n, h["role"], h["ip"], alive(h["nspawn_pid"]) and alive(h["init_pid"]), h["init_pid"])
-             for n, h in state["hosts"].items()]
+    rows = [("master", "master", config.MASTER_IP, alive(state.get("master_pid")), state.get("master_pid"), "-")]
+    rows += [(n, h["role"], h["ip"], alive(h["nspawn_pid"]) and alive(h["init_pid"]), h["init_pid"],
+              h.get("release", config.DEFAULT_RELEASE)) for n, h in state["hosts"].items()]
     if as_json:
         print(json.dumps({"up": all(r[3] for r in rows),
-                          "hosts": {r[0]: {"role": r[1], "ip": r[2], "running": r[3], "pid": r[4]}
+                          "hosts": {r[0]: {"role": r[1], "ip": r[2], "running": r[3], "pid": r[4], "release": r[5]}
                                     for r in rows}}))
     else:
-        print(f"{'host':<10} {'role':<8} {'address':<14} {'state':<8} pid")
-        for name, role, ip, ok, pid in rows:
-            print(f"{name:<10} {role:<8} {ip:<14} {'running' if ok else 'DOWN':<8} {pid}")
+        print(f"{'host':<10} {'role':<8} {'address':<14} {'release':<9} {'state':<8} pid")
+        for name, role, ip, ok, pid, release in rows:
+            print(f"{name:<10} {role:<8} {ip:<14} {release:<9} {'running' if ok else 'DOWN':<8} {pid}")
     return 0 if all(r[3] for r in rows) else 1

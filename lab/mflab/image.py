@@ -86,15 +86,21 @@ def build(suite: str = config.DEFAULT_RELEASE, force: bool = False) -> Path:
         say(f"image build did not finish; removing {partial}")
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    in_use = _images_in_use()
-    # Older recipes of this release (and images named before releases were) only waste
-    # disk; other releases' images stay.
-    for old in images.iterdir():
-        mine = old.name.startswith(f"{suite}-") or not old.name.startswith(tuple(f"{r}-" for r in config.RELEASES))
-        if old.is_dir() and mine and old.name != target.name and str(old) not in in_use:
-            shutil.rmtree(old, ignore_errors=True)
+    evict_old(images, suite, target, _images_in_use())
     say(f"{suite} image {target.name} built in {time.monotonic() - t0:.0f}s")
     return target
+
+
+def evict_old(images: Path, suite: str, keep: Path, in_use: set[str]) -> list[str]:
+    """Remove older recipes' images of `suite` (and images named before releases were): they
+    only waste disk. Other releases' images, `keep` and images a running lab booted stay."""
+    gone = []
+    for old in sorted(images.iterdir()):
+        mine = old.name.startswith(f"{suite}-") or not old.name.startswith(tuple(f"{r}-" for r in config.RELEASES))
+        if old.is_dir() and mine and old != keep and str(old) not in in_use:
+            shutil.rmtree(old, ignore_errors=True)
+            gone.append(old.name)
+    return gone
 
 
 def run_in_image(suite: str, argv: list[str], binds_ro: dict[str, str] | None = None,
