@@ -109,6 +109,9 @@ def test_24_uses_the_24_names(render):
     assert "%{user}" in s[("passdb sql", "query")]
     assert "'/var/vmail/%{user | domain}/%{user | username}' AS home" in s[("userdb sql", "query")]
     assert s[("userdb sql", "iterate_query")].startswith("SELECT username AS user")
+    # Postfix's parallel LMTP deliveries to one mailbox are never deferred by Dovecot
+    assert s[("", "lmtp_user_concurrency_limit")] == "unlimited"
+    assert s[("", "auth_verbose")] == "yes"  # the detector counts failed passwords
 
 
 def test_24_password_is_quoted_and_never_expanded(render):
