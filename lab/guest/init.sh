@@ -18,6 +18,22 @@ printf 'search %s\nnameserver %s\noptions timeout:2 attempts:2\n' "$DOMAIN" "$NA
 ip link set lo up
 ip addr add "$IP/$PREFIXLEN" dev host0
 ip link set host0 up
+# systemd-networkd (started after this script) manages host0 with exactly this address:
+# without a file of ours it applies the image's container default (DHCP, IPv4 link-local)
+# and may drop an address it did not set (seen on Debian 13's systemd 257: mail02's minion
+# never reached the master after a busy boot).
+mkdir -p /etc/systemd/network
+cat > /etc/systemd/network/10-mailfleet-lab.network <<NET
+[Match]
+Name=host0
+
+[Network]
+Address=$IP/$PREFIXLEN
+DHCP=no
+LinkLocalAddressing=ipv6
+IPv6AcceptRA=no
+KeepConfiguration=static
+NET
 
 # Trust the lab CA (Pebble's listener CA and Pebble's issuing root), one cert per file.
 if [ -d /etc/mailfleet-lab/shared/ca ]; then

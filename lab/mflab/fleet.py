@@ -324,7 +324,7 @@ def _start_master() -> int:
     return proc.pid
 
 
-def wait_minions(minions: list[str], timeout: float = 120) -> None:
+def wait_minions(minions: list[str], timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     pending = set(minions)
     while pending:
@@ -337,7 +337,21 @@ def wait_minions(minions: list[str], timeout: float = 120) -> None:
             answered = set()
         pending -= answered
         if pending and time.monotonic() > deadline:
-            raise RuntimeError(f"minions did not answer test.ping: {sorted(pending)}\n{out.stderr[-1500:]}")
+            raise RuntimeError(f"minions did not answer test.ping: {sorted(pending)}\n{out.stderr[-1500:]}"
+                               + "".join(_minion_journal(m) for m in sorted(pending)))
+
+
+def _minion_journal(fqdn: str) -> str:
+    """What a silent minion's host says about it (for the error: a CI log is all there is)."""
+    name = fqdn.split(".", 1)[0]
+    try:
+        pid = host_pid(name)
+        text = subprocess.run(guest_argv(pid, ["sh", "-c", "systemctl status --no-pager salt-minion | head -5; "
+                                                "journalctl -u salt-minion --no-pager -n 25; ip -br addr"]),
+                              capture_output=True, text=True, timeout=30).stdout
+    except (SystemExit, OSError, subprocess.SubprocessError) as err:
+        text = f"(no journal: {err})"
+    return f"\n--- {name}: salt-minion ---\n{text[-3000:]}"
 
 
 def restart_master(timeout: float = 120) -> int:
