@@ -9,7 +9,7 @@ import pytest
 
 import mailfleet_settings_check
 from _modules import mailfleet_webmail
-from salt_render import DEBIAN_GRAINS, FREEBSD_GRAINS, SaltRender
+from salt_render import DEBIAN13_GRAINS, DEBIAN_GRAINS, FREEBSD_GRAINS, SaltRender
 
 GOOD = {
     "webmail": {"enabled": True, "product_name": "Example Webmail",
@@ -102,6 +102,24 @@ def test_debian_render_one_pool_per_app_and_secrets_per_app_user(debian):
     assert pfa_nginx.index("allow 198.18.0.1/32;") < pfa_nginx.index("deny all;")
     assert "(setup|upgrade)\\.php$ { return 403; }" in pfa_nginx
     assert "dovecot:ARGON2ID" in files["/etc/postfixadmin/config.local.php"]
+
+
+@pytest.mark.parametrize("grains,major", [(DEBIAN_GRAINS, "2.3"), (DEBIAN13_GRAINS, "2.4")],
+                         ids=["Debian-12", "Debian-13"])
+def test_postfixadmin_hashes_with_a_dovecot_configuration_its_pool_user_can_read(tmp_path, grains, major):
+    # Dovecot 2.4's dovecot.conf holds the SQL password (0640 root:dovecot): PostfixAdmin's
+    # `doveadm pw`, run as mf-postfixadmin, reads a configuration of its own with no secret.
+    r = SaltRender(tmp_path, grains, pillar={"mailfleet": {
+        "lookup": {"dovecot_major": major},
+        "db": {"postfix_password": "pf-pw", "dovecot_password": "dc-pw", "sync_password": "sy-pw"}}})
+    high = r.show_sls("mail.webmail")
+    files = r.render_all(high)
+    local = files["/etc/postfixadmin/config.local.php"]
+    assert ("$CONF['dovecotpw'] = '/usr/bin/doveadm -c /etc/postfixadmin/doveadm-pw.conf "
+            "-o stats_writer_socket_path= pw';") in local
+    (args,) = [c[3] for c in r.chunks(high) if c[3].get("name") == "/etc/postfixadmin/doveadm-pw.conf"]
+    assert args["mode"] == "0644" and "password" not in args["contents"]
+    assert ("dovecot_config_version = 2.4.0" in args["contents"]) is (major == "2.4")
 
 
 def test_switched_off_only_removes(tmp_path):

@@ -18,6 +18,26 @@ mailfleet-postfixadmin-db-user:
     - require:
       - mailfleet_db: mailfleet-database
 
+{#- doveadm pw (PostfixAdmin's hashes) runs as the pool's user, which may not read Dovecot's
+    own configuration: on 2.4 dovecot.conf holds the SQL password (0640 root:dovecot). A
+    configuration of its own, with no secret, is all `pw` needs. #}
+mailfleet-postfixadmin-doveadm-pw-conf:
+  file.managed:
+    - name: {{ W.postfixadmin_etc }}/doveadm-pw.conf
+    - contents: |
+        # Managed by mailfleet: the configuration PostfixAdmin's `doveadm pw` reads (no secrets).
+{%-   if mf.lookup.dovecot_major != "2.3" %}
+        dovecot_config_version = 2.4.0
+        dovecot_storage_version = 2.4.0
+{%-   endif %}
+    - user: root
+    - group: root
+    - mode: "0644"
+    - require:
+      - pkg: mailfleet-webmail-packages
+    - require_in:
+      - service: mailfleet-php-fpm
+
 {%-   for name, src in [("dbconfig.inc.php", "postfixadmin-dbconfig.inc.php.jinja"),
                         ("config.local.php", "postfixadmin-config.local.php.jinja")] %}
 mailfleet-postfixadmin-{{ name }}:
