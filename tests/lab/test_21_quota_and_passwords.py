@@ -1,9 +1,11 @@
 """
-Quotas refused in the SMTP dialogue, and password hashes from mailfleet's helper, in the lab.
+Quotas refused in the SMTP dialogue, and password hashes from mailfleet's helper, in the lab,
+on each release: every test runs on mail01 (Debian 12, Dovecot 2.3) and on mail02 (Debian 13,
+Dovecot 2.4, whose quota settings and quota-status service are written differently).
 
-A test domain (quota21.test, served by mail01) is onboarded through a domain file in the
-lab master's second ext_pillar folder and removed again at the end (file deleted, mail01
-re-applied, its maildirs wiped so a re-run starts clean):
+A test domain (quota21.test, served by the host under test) is onboarded through a domain
+file in the lab master's second ext_pillar folder and removed again at the end (file deleted,
+the host re-applied, its maildirs wiped so a re-run starts clean):
 
 - full@    8 KiB quota: under quota it receives; filled past it, a message from `outside`
            gets 552 5.2.2 at RCPT, nothing is queued and no bounce is made on mail01.
@@ -25,7 +27,6 @@ from conftest import REPO, state_changes, state_failures
 from mailtools import swaks, tag
 from mflab import fleet
 
-MAIL01 = "mail01.lab.test"
 DOMAIN = "quota21.test"
 FULL = f"full@{DOMAIN}"
 SMALL = f"small@{DOMAIN}"
@@ -45,9 +46,17 @@ def runner_hash(password: str, scheme: str = "ARGON2ID") -> str:
     return json.loads(proc.stdout)
 
 
-def write_domain(pw_hash: str) -> None:
+@pytest.fixture(scope="module", params=["mail01", "mail02"])
+def host(request, lab, converged):
+    """The host under test: name, FQDN, Dovecot major version."""
+    name = request.param
+    major = lab.run(name, "dovecot", "--version").stdout[:3]
+    return {"name": name, "fqdn": f"{name}.lab.test", "dovecot": major}
+
+
+def write_domain(host, pw_hash: str) -> None:
     data = {"mailfleet": {"domains": {DOMAIN: {
-        "hosts": [MAIL01], "description": "quota and password lab test (test_21)",
+        "hosts": [host["fqdn"]], "description": "quota and password lab test (test_21)",
         "mailboxes": {
             "full": {"name": "Over Quota", "password": pw_hash, "quota": QUOTA},
             "small": {"name": "Small Quota", "password": pw_hash, "quota": QUOTA},
@@ -59,8 +68,8 @@ def write_domain(pw_hash: str) -> None:
     tmp.replace(path)                           # the ext_pillar never reads half a file
 
 
-def apply_mail01(lab, **pillar):
-    args = [MAIL01, "state.apply"]
+def apply_host(lab, host, **pillar):
+    args = [host["fqdn"], "state.apply"]
     if pillar:
         args.append("pillar=" + json.dumps(pillar))
     ret = lab.salt(*args)
@@ -68,8 +77,8 @@ def apply_mail01(lab, **pillar):
     return ret
 
 
-def wipe_maildirs(lab):
-    lab.run("mail01", "rm", "-rf", f"/var/vmail/{DOMAIN}")
+def wipe_maildirs(lab, host):
+    lab.run(host["name"], "rm", "-rf", f"/var/vmail/{DOMAIN}")
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +87,18 @@ def passwords():
 
 
 @pytest.fixture(scope="module")
-def onboarded(lab, converged, passwords):
-    wipe_maildirs(lab)                          # leftovers of an interrupted run
-    write_domain(runner_hash(passwords["first"]))
-    apply_mail01(lab)
+def onboarded(lab, host, passwords):
+    wipe_maildirs(lab, host)                    # leftovers of an interrupted run
+    write_domain(host, runner_hash(passwords["first"]))
+    apply_host(lab, host)
     yield
     (fleet.EXTRA_DOMAINS / f"{DOMAIN}.yaml").unlink(missing_ok=True)
-    apply_mail01(lab)
-    wipe_maildirs(lab)
+    apply_host(lab, host)
+    wipe_maildirs(lab, host)
 
 
-def send(lab, rcpt, sender, subject="t21", check=False):
-    return swaks(lab, "outside", "--server", MAIL01, "--port", "25", "--ehlo", "outside.lab.test",
+def send(lab, host, rcpt, sender, subject="t21", check=False):
+    return swaks(lab, "outside", "--server", host["fqdn"], "--port", "25", "--ehlo", "outside.lab.test",
                  "--from", sender, "--to", rcpt, "--header", f"Subject: {subject}", check=check)
 
 
@@ -99,14 +108,14 @@ def rcpt_reply(dialogue: str) -> str:
     return lines[i + 1]
 
 
-def master_pids(lab):
-    return lab.run("mail01", "sh", "-c", "cat /run/dovecot/master.pid; "
+def master_pids(lab, host):
+    return lab.run(host["name"], "sh", "-c", "cat /run/dovecot/master.pid; "
                    "cat /var/spool/postfix/pid/master.pid").stdout.split()
 
 
-def quota_bytes(lab, user):
+def quota_bytes(lab, host, user):
     """(used, limit) in bytes from doveadm quota get (which prints KiB)."""
-    out = lab.run("mail01", "doveadm", "-f", "tab", "quota", "get", "-u", user).stdout
+    out = lab.run(host["name"], "doveadm", "-f", "tab", "quota", "get", "-u", user).stdout
     for line in out.splitlines():
         fields = line.split("\t")
         if len(fields) >= 4 and fields[1] == "STORAGE":
@@ -114,41 +123,56 @@ def quota_bytes(lab, user):
     raise AssertionError(out)
 
 
-def fill(lab, user, nbytes):
-    """Store a message of about nbytes in the mailbox past its quota (doveadm save with the
-    quota plugin's root switched off for this one command, as an administrator would)."""
+def fill(lab, host, user, nbytes):
+    """Store a message of about nbytes in the mailbox past its quota, as an administrator
+    would: 2.3's doveadm save with the quota plugin switched off for this one command; on 2.4
+    (whose userdb quota wins over -o) a file put into the maildir, then a quota recount."""
     body = ("x" * 75 + "\n") * (nbytes // 76 + 1)
     msg = f"From: filler@{DOMAIN}\nSubject: filler\n\n{body}"
-    lab.run("mail01", "doveadm", "-o", "plugin/quota=", "save", "-u", user, input=msg)
+    if host["dovecot"] == "2.3":
+        lab.run(host["name"], "doveadm", "-o", "plugin/quota=", "save", "-u", user, input=msg)
+        return
+    local = user.split("@")[0]
+    path = f"/var/vmail/{DOMAIN}/{local}/cur/{tag('fill')}.{int(time.time())}.filler:2,S"
+    lab.run(host["name"], "sh", "-c", f"cat > {path} && chown vmail:vmail {path}", input=msg)
+    lab.run(host["name"], "doveadm", "force-resync", "-u", user, "INBOX")
+    lab.run(host["name"], "doveadm", "quota", "recalc", "-u", user)
+
+
+def userdb_quota(host, nbytes: int) -> str:
+    """The userdb field that carries the mailbox quota, as `doveadm user` prints it."""
+    if host["dovecot"] == "2.3":
+        return f"quota_rule\t*:bytes={nbytes}"
+    return f"quota_storage_size\t{nbytes}"
 
 
 # --- quotas ----------------------------------------------------------------------------------
 
-def test_the_mailbox_quota_reaches_dovecot(lab, onboarded):
-    user = lab.run("mail01", "doveadm", "user", FULL).stdout
-    assert f"quota_rule\t*:bytes={QUOTA}" in user
-    assert quota_bytes(lab, FULL)[1] == QUOTA
+def test_the_mailbox_quota_reaches_dovecot(lab, host, onboarded):
+    user = lab.run(host["name"], "doveadm", "user", FULL).stdout
+    assert userdb_quota(host, QUOTA) in user
+    assert quota_bytes(lab, host, FULL)[1] == QUOTA
     # 0 in the database (no quota in pillar) is unlimited
-    assert "quota_rule\t*:bytes=0" in lab.run("mail01", "doveadm", "user", PWUSER).stdout
-    assert quota_bytes(lab, PWUSER)[1] is None
+    assert userdb_quota(host, 0) in lab.run(host["name"], "doveadm", "user", PWUSER).stdout
+    assert quota_bytes(lab, host, PWUSER)[1] is None
 
 
-def test_over_quota_is_refused_in_the_smtp_dialogue_without_a_bounce(lab, onboarded, record_property):
-    under = send(lab, FULL, f"{tag('t21u')}@outside.lab.test")
+def test_over_quota_is_refused_in_the_smtp_dialogue_without_a_bounce(lab, host, onboarded, record_property):
+    under = send(lab, host, FULL, f"{tag('t21u')}@outside.lab.test")
     assert "250 2.0.0 Ok: queued" in under.stdout, under.stdout     # under quota: accepted
     deadline = time.monotonic() + 30
-    while quota_bytes(lab, FULL)[0] == 0:
+    while quota_bytes(lab, host, FULL)[0] == 0:
         assert time.monotonic() < deadline, "the accepted message never arrived"
         time.sleep(1)
 
-    fill(lab, FULL, 2 * QUOTA)
-    used, limit = quota_bytes(lab, FULL)
+    fill(lab, host, FULL, 2 * QUOTA)
+    used, limit = quota_bytes(lab, host, FULL)
     assert used > limit
     record_property("full_used_bytes", used)
 
     sender = f"{tag('t21o')}@outside.lab.test"
     t0 = time.monotonic()
-    over = send(lab, FULL, sender)
+    over = send(lab, host, FULL, sender)
     record_property("refusal_seconds", round(time.monotonic() - t0, 2))
     assert over.returncode != 0
     reply = rcpt_reply(over.stdout)
@@ -158,19 +182,19 @@ def test_over_quota_is_refused_in_the_smtp_dialogue_without_a_bounce(lab, onboar
     # Nothing entered the queue for it, so nothing can bounce: the only log line that names
     # the sender is the SMTP-time reject, and no bounce or queued message mentions it.
     time.sleep(3)
-    lines = lab.run("mail01", "grep", "-F", "--", sender, "/var/log/mail.log", check=False).stdout.splitlines()
+    lines = lab.run(host["name"], "grep", "-F", "--", sender, "/var/log/mail.log", check=False).stdout.splitlines()
     assert len(lines) == 1 and "NOQUEUE: reject: RCPT from" in lines[0] and "552 5.2.2" in lines[0], lines
-    queue = lab.run("mail01", "postqueue", "-j").stdout
+    queue = lab.run(host["name"], "postqueue", "-j").stdout
     assert sender not in queue and FULL not in queue, queue
-    bounces = lab.run("mail01", "grep", "-E", "postfix/bounce.*sender non-delivery",
+    bounces = lab.run(host["name"], "grep", "-E", "postfix/bounce.*sender non-delivery",
                       "/var/log/mail.log", check=False).stdout
     assert sender not in bounces
 
     # Other recipients are untouched: the unlimited mailbox still receives, and relaying
     # for a foreign domain is still refused (smtpd_relay_restrictions come first).
-    ok = send(lab, PWUSER, f"{tag('t21p')}@outside.lab.test")
+    ok = send(lab, host, PWUSER, f"{tag('t21p')}@outside.lab.test")
     assert "250 2.0.0 Ok: queued" in ok.stdout, ok.stdout
-    relay = send(lab, "victim@elsewhere.test", f"{tag('t21r')}@outside.lab.test")
+    relay = send(lab, host, "victim@elsewhere.test", f"{tag('t21r')}@outside.lab.test")
     assert "Relay access denied" in rcpt_reply(relay.stdout), relay.stdout
 
 
@@ -191,22 +215,22 @@ s.quit()
 """
 
 
-def test_a_message_bigger_than_the_room_left(lab, onboarded):
+def test_a_message_bigger_than_the_room_left(lab, host, onboarded):
     # Declared size: quota-status adds it to the usage, so the refusal comes at RCPT.
     sender = f"{tag('t21s')}@outside.lab.test"
-    out = lab.run("outside", "python3", "-c", SIZED_SEND, SMALL, sender, str(3 * QUOTA), MAIL01).stdout
+    out = lab.run("outside", "python3", "-c", SIZED_SEND, SMALL, sender, str(3 * QUOTA), host["fqdn"]).stdout
     assert out.startswith("552 5.2.2") and "Mailbox is full" in out, out
     # Undeclared: RCPT cannot know; LMTP refuses the save with 452 4.2.2 and Postfix keeps
     # the message queued (quota_full_tempfail) instead of bouncing it.
     sender = f"{tag('t21l')}@outside.lab.test"
     big = ("y" * 75 + "\n") * (3 * QUOTA // 76)
-    proc = lab.run("outside", "swaks", "--hide-informational", "--timeout", "20", "--server", MAIL01,
+    proc = lab.run("outside", "swaks", "--hide-informational", "--timeout", "20", "--server", host["fqdn"],
                    "--port", "25", "--ehlo", "outside.lab.test", "--from", sender, "--to", SMALL,
                    "--body", "-", input=big, timeout=90)
     assert "250 2.0.0 Ok: queued" in proc.stdout, proc.stdout
     deadline = time.monotonic() + 30
     while True:
-        queue = [json.loads(line) for line in lab.run("mail01", "postqueue", "-j").stdout.splitlines()]
+        queue = [json.loads(line) for line in lab.run(host["name"], "postqueue", "-j").stdout.splitlines()]
         mine = [q for q in queue if q["sender"] == sender]
         if mine and mine[0]["recipients"][0].get("delay_reason"):
             break
@@ -214,53 +238,53 @@ def test_a_message_bigger_than_the_room_left(lab, onboarded):
         time.sleep(1)
     try:
         assert "452 4.2.2" in mine[0]["recipients"][0]["delay_reason"], mine
-        assert quota_bytes(lab, SMALL)[0] == 0
-        bounces = lab.run("mail01", "grep", "-E", "postfix/bounce.*sender non-delivery",
+        assert quota_bytes(lab, host, SMALL)[0] == 0
+        bounces = lab.run(host["name"], "grep", "-E", "postfix/bounce.*sender non-delivery",
                           "/var/log/mail.log", check=False).stdout
         assert sender not in bounces
     finally:
-        lab.run("mail01", "postsuper", "-d", mine[0]["queue_id"])
+        lab.run(host["name"], "postsuper", "-d", mine[0]["queue_id"])
 
 
-def test_the_reply_comes_from_pillar_and_a_change_reloads_not_restarts(lab, onboarded):
-    if quota_bytes(lab, FULL)[0] <= QUOTA:
-        fill(lab, FULL, 2 * QUOTA)
-    before = master_pids(lab)
-    ret = apply_mail01(lab, mailfleet={"quota": {"overquota_reply": "452 4.2.2 Mailbox is full, try later"}})
-    changed = {st["__id__"] for st in ret[MAIL01].values() if st.get("changes")}
+def test_the_reply_comes_from_pillar_and_a_change_reloads_not_restarts(lab, host, onboarded):
+    if quota_bytes(lab, host, FULL)[0] <= QUOTA:
+        fill(lab, host, FULL, 2 * QUOTA)
+    before = master_pids(lab, host)
+    ret = apply_host(lab, host, mailfleet={"quota": {"overquota_reply": "452 4.2.2 Mailbox is full, try later"}})
+    changed = {st["__id__"] for st in ret[host["fqdn"]].values() if st.get("changes")}
     assert "mailfleet-dovecot-conf" in changed, changed
     try:
-        assert master_pids(lab) == before, "Dovecot or Postfix was restarted, not reloaded"
-        deferred = send(lab, FULL, f"{tag('t21d')}@outside.lab.test")
+        assert master_pids(lab, host) == before, "Dovecot or Postfix was restarted, not reloaded"
+        deferred = send(lab, host, FULL, f"{tag('t21d')}@outside.lab.test")
         assert "452 4.2.2" in rcpt_reply(deferred.stdout), deferred.stdout
     finally:
-        apply_mail01(lab)
-    assert master_pids(lab) == before
-    assert "552 5.2.2" in rcpt_reply(send(lab, FULL, f"{tag('t21e')}@outside.lab.test").stdout)
-    again = apply_mail01(lab)
+        apply_host(lab, host)
+    assert master_pids(lab, host) == before
+    assert "552 5.2.2" in rcpt_reply(send(lab, host, FULL, f"{tag('t21e')}@outside.lab.test").stdout)
+    again = apply_host(lab, host)
     assert state_changes(again) == []                 # converged: the next apply is a no-op
 
 
 # --- password hashes ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_runner_hashes_verify_with_doveadm_on_mail01(lab, converged, scheme):
+def test_runner_hashes_verify_with_doveadm(lab, host, scheme):
     password = f"{tag('pw')} ünïcode"
     hashed = runner_hash(password, scheme)
     assert hashed.startswith("{" + scheme + "}")
-    ok = lab.run("mail01", "doveadm", "pw", "-t", hashed, input=password + "\n")
+    ok = lab.run(host["name"], "doveadm", "pw", "-t", hashed, input=password + "\n")
     assert ok.stdout.strip() == f"{hashed} (verified)"
-    bad = lab.run("mail01", "doveadm", "pw", "-t", hashed, input=password + "x\n", check=False)
+    bad = lab.run(host["name"], "doveadm", "pw", "-t", hashed, input=password + "x\n", check=False)
     assert bad.returncode != 0 and "verification check failed" in bad.stderr
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_module_hashes_on_mail01_and_verifies(lab, converged, scheme):
+def test_module_hashes_on_the_host_and_verifies(lab, host, scheme):
     password = f"{tag('pwm')} mod"
-    ret = lab.salt(MAIL01, "mailfleet_password.hash", password, f"scheme={scheme}")[MAIL01]
+    ret = lab.salt(host["fqdn"], "mailfleet_password.hash", password, f"scheme={scheme}")[host["fqdn"]]
     assert isinstance(ret, str) and ret.startswith("{" + scheme + "}"), ret
-    assert lab.salt(MAIL01, "mailfleet_password.verify", password, ret)[MAIL01] is True
-    assert lab.salt(MAIL01, "mailfleet_password.verify", password + "x", ret)[MAIL01] is False
+    assert lab.salt(host["fqdn"], "mailfleet_password.verify", password, ret)[host["fqdn"]] is True
+    assert lab.salt(host["fqdn"], "mailfleet_password.verify", password + "x", ret)[host["fqdn"]] is False
 
 
 IMAP_LOGIN = r"""
@@ -277,20 +301,20 @@ print("OK")
 """
 
 
-def imap_login(lab, user, password) -> bool:
-    proc = lab.run("outside", "python3", "-c", IMAP_LOGIN, MAIL01, user,
+def imap_login(lab, host, user, password) -> bool:
+    proc = lab.run("outside", "python3", "-c", IMAP_LOGIN, host["fqdn"], user,
                    input=password + "\n", check=False)
     assert proc.stdout.strip().startswith(("OK", "REFUSED")), proc.stderr[-2000:]
     return proc.returncode == 0
 
 
 def test_a_runner_hash_in_pillar_logs_into_imaps_and_a_new_one_changes_the_password(
-        lab, onboarded, passwords):
-    assert imap_login(lab, PWUSER, passwords["first"])
-    assert not imap_login(lab, PWUSER, passwords["second"])
+        lab, host, onboarded, passwords):
+    assert imap_login(lab, host, PWUSER, passwords["first"])
+    assert not imap_login(lab, host, PWUSER, passwords["second"])
 
-    write_domain(runner_hash(passwords["second"], "BLF-CRYPT"))
-    ret = apply_mail01(lab)
+    write_domain(host, runner_hash(passwords["second"], "BLF-CRYPT"))
+    ret = apply_host(lab, host)
     assert [c for c in state_changes(ret) if "mailfleet-virtual-users" in c], state_changes(ret)
-    assert imap_login(lab, PWUSER, passwords["second"])
-    assert not imap_login(lab, PWUSER, passwords["first"])
+    assert imap_login(lab, host, PWUSER, passwords["second"])
+    assert not imap_login(lab, host, PWUSER, passwords["first"])

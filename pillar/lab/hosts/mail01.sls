@@ -9,7 +9,7 @@ mailfleet:
     # The ritual (mailcheck) logs in with this; only this host's pillar holds it.
     address: mailcheck@example-a.test
     password: probe01-lab-pw
-  # Roundcube and PostfixAdmin (mail.webmail) on this host only: mail02 shows the switch off.
+  # Roundcube and PostfixAdmin (mail.webmail): Debian 12's packages here, Debian 13's on mail02.
   webmail:
     enabled: true
     product_name: mailfleet lab webmail
