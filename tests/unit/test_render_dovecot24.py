@@ -112,6 +112,7 @@ def test_24_uses_the_24_names(render):
     # Postfix's parallel LMTP deliveries to one mailbox are never deferred by Dovecot
     assert s[("", "lmtp_user_concurrency_limit")] == "unlimited"
     assert s[("", "auth_verbose")] == "yes"  # the detector counts failed passwords
+    assert s[('quota "User quota"', "quota_storage_grace")] == "0"  # a message that does not fit is refused
 
 
 def test_24_password_is_quoted_and_never_expanded(render):
