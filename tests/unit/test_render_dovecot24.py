@@ -113,6 +113,7 @@ def test_24_uses_the_24_names(render):
     assert s[("", "lmtp_user_concurrency_limit")] == "unlimited"
     assert s[("", "auth_verbose")] == "yes"  # the detector counts failed passwords
     assert s[('quota "User quota"', "quota_storage_grace")] == "0"  # a message that does not fit is refused
+    assert s[("", "quota_status_toolarge")] == s[("", "quota_status_overquota")] == '"552 5.2.2 Mailbox is full"'
 
 
 def test_24_password_is_quoted_and_never_expanded(render):
