@@ -270,7 +270,9 @@ _BACKEND_MSGS = ("): Password mismatch", "): unknown user")
 # get_log_prefix; taken from Debian 13's 2.4.1): "auth-worker(bob@example-b.test,198.18.0.100)
 # <3583><v4PHFxdiUqTGEgBk>: request [1]: sql: Password mismatch", the auth process likewise
 # as "auth(user,ip,sasl:plain)<session>: Info: sql: ...".
-_DOVECOT24_AUTH = re.compile(r"(auth(?:-worker)?)\((.+?)\)(?:<\d+>)?(?:<[^<>\s]*>)?: "
+# The identifier is taken greedily (read from the right, as for 2.3): a user name that
+# imitates the rest of the line cannot move which address the failure is counted for.
+_DOVECOT24_AUTH = re.compile(r"(auth(?:-worker)?)\((.+)\)(?:<\d+>)?(?:<[^<>\s]*>)?: "
                              r"(?:request \[\d+\]: )?(?:(?:Info|Warning|Error): )?([a-z0-9_-]+): ")
 _BACKEND24_MSGS = ("Password mismatch", "unknown user")
 
