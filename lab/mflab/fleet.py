@@ -480,12 +480,12 @@ def add(name: str, release: str) -> Host:
     if release not in state["images"]:
         preflight(need_debootstrap=not image.is_built(release), suites=(release,))
         state["images"][release] = str(image.build(release))
-    with Step(f"preparing {name}"):
-        _prepare_host(host, [], "")
-        _dns_host_records(host, present=True)
-        state.setdefault("releases", {})[name] = release
-        save_state(state)
-    try:
+    state.setdefault("releases", {})[name] = release
+    save_state(state)
+    try:  # whatever fails, `remove` takes back what was done
+        with Step(f"preparing {name}"):
+            _prepare_host(host, [], "")
+            _dns_host_records(host, present=True)
         _boot_all([host], state)
         with Step(f"accepting {host.fqdn}'s key and waiting for it to answer"):
             _accept_key(host)
@@ -503,11 +503,10 @@ def remove(name: str) -> None:
     state = load_state()
     if not state or name not in state.get("releases", {}) and name not in state["hosts"]:
         raise SystemExit(f"lab: no host {name!r} in the running lab")
-    entry = state["hosts"].get(name, {})
-    number = int(name.removeprefix("mail"))
     if name in {h.name for h in config.hosts(state.get("mail_hosts"), state.get("releases", {}))}:
         raise SystemExit(f"lab: {name} is one of the lab's own hosts; `make lab-down` stops it")
-    host = config.mail_host(number, state.get("releases", {}))
+    entry = state["hosts"].get(name, {})
+    host = config.mail_host(int(name.removeprefix("mail")), state.get("releases", {}))
     pids = [p for p in (entry.get("init_pid"),) if p]
     _terminate(pids, 0)
     if entry.get("nspawn_pid"):
