@@ -287,22 +287,9 @@ def _dovecot24_backend(msg):
             break
     else:
         return None
-    rest = tail[len(text):]
-    if rest and _BACKEND_TAIL.fullmatch(rest) is None:
+    if not _backend_tail_ok(tail[len(text):]):
         return None
-    if " - trying the next" in rest:
-        return None  # not the last passdb: the final verdict comes in its own line
-    parts = ident.split(",")
-    while len(parts) > 1 and (parts[-1].startswith("sasl:") or parts[-1] == "master"):
-        parts.pop()
-    if len(parts) < 2:
-        return None  # no address: a userdb lookup (LMTP delivery), not a login
-    ip = norm_ip(parts[-1])
-    if ip is None:
-        return None
-    user = ",".join(parts[:-1])[:_USER_MAX]
-    detail = "password_mismatch" if text == "Password mismatch" else "unknown_user"
-    return Event("auth_backend", ip, service, detail, None if user in ("", "?") else user)
+    return _backend_event(service, ident, text == "Password mismatch")
 
 
 def _dovecot(tag, msg):
@@ -359,9 +346,8 @@ def _dovecot_login(service, msg):
 
 
 def _dovecot_backend(service, msg):
-    # "sql(alice@example.test,198.19.0.5,<sess>): Password mismatch" (auth-request.c
-    # get_log_identifier: user[,ip][,master][,<session>]); the user (sanitised, <= 64 chars)
-    # may hold commas and parentheses, so the identifier is read from the right.
+    # "sql(alice@example.test,198.19.0.5,<sess>): Password mismatch" (2.3's auth-request.c
+    # get_log_identifier); the user may hold commas and parentheses: read from the right.
     for text in _BACKEND_MSGS:
         at = msg.rfind(text)
         if at >= 0:
@@ -369,33 +355,38 @@ def _dovecot_backend(service, msg):
     else:
         return None
     tail = msg[at + len(text):]
-    if tail:
-        if _BACKEND_TAIL.fullmatch(tail) is None:
-            return None
-        if " - trying the next" in tail:
-            return None  # not the last passdb: the final verdict comes in its own line
-        if tail.startswith(" (given password: ") and sum(msg.count(t) for t in _BACKEND_MSGS) != 1:
-            return None  # a password in clear text that imitates the identifier: ambiguous
+    if not _backend_tail_ok(tail):
+        return None
+    if tail.startswith(" (given password: ") and sum(msg.count(t) for t in _BACKEND_MSGS) != 1:
+        return None  # a password in clear text that imitates the identifier: ambiguous
     open_ = msg.find("(")
     if open_ <= 0 or open_ > at:
         return None
-    ident = msg[open_ + 1:at]
-    if ident.endswith(">"):
-        s = ident.rfind(",<")
-        if s < 0:
-            return None
-        ident = ident[:s]
-    if ident.endswith(",master"):
-        ident = ident[:-7]
-    c = ident.rfind(",")
-    if c < 0:
-        return None  # no address: a userdb lookup (LMTP delivery), not a login
-    ip = norm_ip(ident[c + 1:])
+    return _backend_event(service, msg[open_ + 1:at], text.endswith("mismatch"))
+
+
+def _backend_tail_ok(tail):
+    """What may follow "Password mismatch" / "unknown user" on the final verdict's line
+    (not " - trying the next passdb": that passdb was not the last)."""
+    return not tail or (_BACKEND_TAIL.fullmatch(tail) is not None and " - trying the next" not in tail)
+
+
+def _backend_event(service, ident, mismatch):
+    """The event of an auth identifier ``user[,ip][,sasl:mech][,master][,<session>]``
+    (2.3 and 2.4 alike), read from the right; None without an address (a userdb lookup
+    for LMTP delivery, not a login)."""
+    parts = ident.split(",")
+    while len(parts) > 1 and (parts[-1] == "master" or parts[-1].startswith("sasl:")
+                              or (parts[-1].startswith("<") and parts[-1].endswith(">"))):
+        parts.pop()
+    if len(parts) < 2:
+        return None
+    ip = norm_ip(parts[-1])
     if ip is None:
         return None
-    user = ident[:c][:_USER_MAX]
-    detail = "password_mismatch" if text.endswith("mismatch") else "unknown_user"
-    return Event("auth_backend", ip, service, detail, None if user in ("", "?") else user)
+    user = ",".join(parts[:-1])[:_USER_MAX]
+    return Event("auth_backend", ip, service, "password_mismatch" if mismatch else "unknown_user",
+                 None if user in ("", "?") else user)
 
 
 # --- classification -----------------------------------------------------------------------
