@@ -428,8 +428,7 @@ def _dns_host_records(host: Host, present: bool) -> None:
     import dns.query
     import dns.tsig
     import dns.update
-    text = (config.STATE / "tsig.key").read_text()
-    secret = text.split('secret "', 1)[1].split('"', 1)[0]
+    secret = zones.tsig_secret_of((config.STATE / "tsig.key").read_text())
     key = dns.tsig.Key(dns.name.from_text(zones.TSIG_NAME), secret, dns.tsig.HMAC_SHA256)
     for zone, owner, rtype, data in ((config.DOMAIN, host.name, "A", host.ip),
                                      (zones.REVERSE_ZONE, str(host.octet), "PTR", host.fqdn + ".")):

@@ -79,3 +79,11 @@ def named_conf(zone_names: list[str], secret: str) -> str:
 def tsig_keyfile(secret: str) -> str:
     """The key in BIND syntax, usable by nsupdate -k and by our dnspython publisher."""
     return f'key "{TSIG_NAME}" {{\n    algorithm hmac-sha256;\n    secret "{secret}";\n}};\n'
+
+
+def tsig_secret_of(keyfile: str) -> str:
+    """The secret back from the text tsig_keyfile() wrote (the lab reads only its own file)."""
+    marker = 'secret "'
+    if marker not in keyfile:
+        raise ValueError("not a lab TSIG key file")
+    return keyfile.split(marker, 1)[1].split('"', 1)[0]

@@ -31,3 +31,8 @@ def test_named_conf_is_authoritative_only_and_updates_need_the_key():
     assert "recursion no;" in conf
     assert 'allow-update { key "mailfleet-lab"; };' in conf
     assert "allow-query-cache { none; };" in conf
+
+
+def test_the_tsig_key_file_gives_back_its_secret():
+    secret = "c2VjcmV0LWZvci10aGUtbGFi"
+    assert zones.tsig_secret_of(zones.tsig_keyfile(secret)) == secret
